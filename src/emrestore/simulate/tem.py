@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
+from functools import lru_cache
 
 import numpy as np
 import scipy.fft as sfft
@@ -158,7 +159,7 @@ def dark_current_map(shape: tuple[int, int], mean_e: float, relative_spread: flo
     dcnu = rng.lognormal(math.log(mean) - s2 / 2, math.sqrt(s2), shape).astype(np.float32)
     n_hot = int(rng.binomial(dcnu.size, min(max(hot_fraction, 0.0), 1.0)))
     if n_hot:
-        idx = rng.choice(dcnu.size, n_hot, replace=False)
+        idx = rng.integers(0, dcnu.size, n_hot)        # repeats are rare and harmless
         dcnu.reshape(-1)[idx] = mean + std * (5.0 + 3.0 * rng.random(n_hot))
     return dcnu
 
@@ -173,13 +174,21 @@ def flicker_noise(shape: tuple[int, int], sigma: float, rng: np.random.Generator
     h, w = (int(s) for s in shape)
     white = rng.standard_normal((h, w), dtype=np.float32)
     spec = sfft.rfft2(white)
-    v, u = _frequencies((h, w), real=True)
-    f = np.sqrt(u * u + v * v)
-    f[0, 0] = np.inf
-    spec /= f ** float(exponent)
+    spec *= _inverse_frequency_power((h, w), float(exponent))
     field = sfft.irfft2(spec, s=(h, w))
     std = float(field.std())
     return (field * (float(sigma) / std if std > 0 else 0.0)).astype(np.float32)
+
+
+@lru_cache(maxsize=8)
+def _inverse_frequency_power(shape: tuple[int, int], exponent: float) -> np.ndarray:
+    """``1 / f**exponent`` on the rfft2 grid (0 at f = 0), float32, cached per shape."""
+    v, u = _frequencies(shape, real=True)
+    f = np.sqrt(u * u + v * v)
+    f[0, 0] = np.inf
+    out = (1.0 / f ** exponent).astype(np.float32)
+    out.setflags(write=False)
+    return out
 
 
 def reset_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
