@@ -53,7 +53,8 @@ def _build_parser() -> argparse.ArgumentParser:
     models.set_defaults(handler=_run_models)
 
     train = sub.add_parser("train", help="train a restoration network from a TOML config")
-    train.add_argument("--config", required=True, help="training config (e.g. configs/stem-hr.toml)")
+    train.add_argument("--config", required=True,
+                       help="training config (e.g. configs/stem-hr.toml)")
     train.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     train.add_argument("--no-resume", action="store_true", help="start over, ignore checkpoints")
     train.add_argument("--device", default=None, help="cpu, cuda, ... (default: auto)")
