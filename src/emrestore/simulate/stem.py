@@ -355,6 +355,11 @@ class StemDistortionParams:
         The defaults span the fast-scan noise correlation of real HAADF frames: lag-1 correlation
         of line-differenced noise from ≈ 0 (Si [110], 25 µs dwell) through 0.12 (SrTiO3, Osiris)
         to 0.8 (a strongly smeared perovskite frame).
+    Line-to-line intensity (emrestore's addition, measured on real frames)
+        line_gain_*: each scan line's beam current / detector gain varies by an AR(1) series
+        across lines (relative σ, correlation φ), and analog readouts add a per-line DC offset
+        (line_offset_sigma_e, electrons). Real HAADF frames (SrTiO3, perovskite) show row-mean
+        fluctuations 3-3.6× the shot-noise expectation, which jitter alone does not produce.
     Others
         row_line_*: number of segments, length as a fraction of the width, factor [L] 0.5-1.5.
         black_pixel_fraction, zinger_fraction: fraction of pixels (log-uniform); zinger_factor.
@@ -386,6 +391,11 @@ class StemDistortionParams:
     fast_scan_period_px: tuple[float, float] = (4.0, 40.0)
     fast_scan_phase_rad: tuple[float, float] = (0.25 * math.pi, 0.75 * math.pi)
     fast_scan_kernel_px: int = 64
+
+    line_gain_probability: float = 0.5
+    line_gain_sigma: tuple[float, float] = (0.002, 0.05)
+    line_gain_phi: tuple[float, float] = (0.0, 0.9)
+    line_offset_sigma_e: tuple[float, float] = (0.0, 0.3)
 
     row_line_probability: float = 0.2
     row_line_count: tuple[int, int] = (1, 8)
@@ -429,6 +439,9 @@ class StemDistortionParams:
         check_range("fast_scan_phase_rad", self.fast_scan_phase_rad, 0.0, math.pi)
         if self.fast_scan_kernel_px < 1:
             raise ConfigError(f"fast_scan_kernel_px must be >= 1, got {self.fast_scan_kernel_px}")
+        check_range("line_gain_sigma", self.line_gain_sigma, 0.0, 0.5)
+        check_range("line_gain_phi", self.line_gain_phi, 0.0, 0.99)
+        check_range("line_offset_sigma_e", self.line_offset_sigma_e, 0.0)
         check_range("row_line_count", self.row_line_count, 0)
         check_range("row_line_length_fraction", self.row_line_length_fraction, 0.0, 1.0)
         check_range("row_line_factor", self.row_line_factor, 0.0)
@@ -475,6 +488,9 @@ class StemDistortion:
     adc_gain_adu_per_e: float = 1.0
     adc_offset_adu: float = 0.0
     fast_scan: FastScanResponse | None = None
+    line_gain_sigma: float = 0.0
+    line_gain_phi: float = 0.0
+    line_offset_sigma_e: float = 0.0
     row_lines: int = 0
     row_line_length_fraction: tuple[float, float] = (0.05, 1.0)
     row_line_factor: tuple[float, float] = (0.5, 1.5)
@@ -560,6 +576,11 @@ def draw_stem_distortion(rng: np.random.Generator, params: StemDistortionParams,
         kw.update(adc_bits=bits, adc_gain_adu_per_e=gain, adc_offset_adu=offset)
         if chance(rng, p.fast_scan_probability):
             kw["fast_scan"] = _draw_fast_scan(rng, p)
+    if chance(rng, p.line_gain_probability):
+        kw["line_gain_sigma"] = log_uniform(rng, p.line_gain_sigma)
+        kw["line_gain_phi"] = uniform(rng, p.line_gain_phi)
+        if not counting:
+            kw["line_offset_sigma_e"] = uniform(rng, p.line_offset_sigma_e)
     if chance(rng, p.row_line_probability):
         kw["row_lines"] = integer(rng, p.row_line_count)
         kw["row_line_length_fraction"] = tuple(p.row_line_length_fraction)
@@ -709,11 +730,17 @@ def distort_stem(expected_counts: np.ndarray, distortion: StemDistortion,
     dy, dx = scan_displacements(d)
     x = scan_jitter(img, dx, dy, d.shape)
     mark("jitter")
+    if d.line_gain_sigma:
+        gain = 1.0 + ar1_series(x.shape[0], d.line_gain_phi, d.line_gain_sigma, rng)
+        x = x * np.maximum(gain, 0.0).astype(np.float32)[:, None]
     x = poisson_noise(x, rng)
     mark("poisson")
     analog = d.detector == "analog"
     if analog:
         x = pmt_noise(x, rng, gain_spread=d.pmt_gain_spread, read_noise_e=d.read_noise_e)
+        if d.line_offset_sigma_e:
+            offsets = rng.normal(0.0, d.line_offset_sigma_e, x.shape[0]).astype(np.float32)
+            x = x + offsets[:, None]
         mark("pmt")
         if d.fast_scan is not None:
             x = apply_fast_scan(x, d.fast_scan)
