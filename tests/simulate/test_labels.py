@@ -11,6 +11,7 @@ from emrestore.simulate.labels import (
     default_sigma_px,
     gaussian_mask,
     mean_nearest_neighbour_spacing,
+    nearest_neighbour_distances,
     sigma_from_fwhm,
 )
 
@@ -88,3 +89,24 @@ def test_table2_radius_and_fwhm():
     r = column_radius_A(0.025, 25.0, 0.8)
     assert r == pytest.approx(math.hypot(0.5, 0.4))
     assert column_radius_A(0.025, 25.0, 0.8, small=True) == pytest.approx(0.7 * r)
+
+
+def test_circular_mask_matches_the_disc_definition_exactly():
+    rng = np.random.default_rng(5)
+    for radius in (0.5, 1.0, 2.0, 2.5, 3.7, 7.0):
+        # half-integer and integer positions put pixel centres exactly on the circle
+        pos = np.vstack([rng.uniform(-5, 45, (40, 2)),
+                         rng.integers(-3, 43, (40, 2)) + rng.choice([0.0, 0.5], (40, 2))])
+        yy, xx = np.mgrid[0:40, 0:36]
+        d2 = (yy[None] - pos[:, 0, None, None]) ** 2 + (xx[None] - pos[:, 1, None, None]) ** 2
+        expected = np.any(d2 <= radius**2, axis=0).astype(np.float32)
+        np.testing.assert_array_equal(circular_mask(pos, (40, 36), radius), expected)
+
+
+def test_nearest_neighbour_distances_match_brute_force():
+    rng = np.random.default_rng(6)
+    pts = np.vstack([rng.uniform(0, 50, (300, 2)), [[10.0, 10.0], [10.0, 10.0]]])
+    d = np.hypot(*(pts[:, None, :] - pts[None, :, :]).transpose(2, 0, 1))
+    np.fill_diagonal(d, np.inf)
+    np.testing.assert_allclose(nearest_neighbour_distances(pts), d.min(axis=1))
+    assert np.isnan(nearest_neighbour_distances([[1.0, 2.0]])).all()

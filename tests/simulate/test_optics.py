@@ -120,3 +120,15 @@ def test_probe_params_validation():
         ProbeParams(corrected_probability=1.5)
     with pytest.raises(ConfigError):
         ProbeParams(convergence_mrad=(30.0, 10.0))
+
+
+def test_non_round_otf_on_a_lattice_equals_pointwise_interpolation():
+    probe = Probe(300, 28, defocus_A=-10, c3_A=3e4, astigmatism_A=5, coma_A=200,
+                  threefold_A=100, coma_angle_rad=0.7, source_fwhm_A=0.5)
+    ky = np.fft.fftfreq(90, d=0.2)[:, None]
+    kx = np.fft.rfftfreq(90, d=0.2)[None, :40]
+    lattice = probe.otf_2d(ky, kx)
+    yy, xx = np.broadcast_arrays(ky, kx)
+    pointwise = probe.otf_2d(yy, xx)  # full arrays: the point-by-point path
+    assert np.iscomplexobj(lattice) and lattice.shape == (90, 40)
+    np.testing.assert_allclose(lattice, pointwise, atol=1e-12)

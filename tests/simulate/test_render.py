@@ -9,8 +9,10 @@ from emrestore.simulate.optics import GaussianPSF, Probe, draw_probe
 from emrestore.simulate.profiles import AtomProfiles, draw_atom_profiles
 from emrestore.simulate.render import (
     _bspline3,
+    _majority_species,
     _spread_weights,
     render_atoms,
+    render_atoms_with_supersampled,
     render_columns,
     supersampled_coordinates,
 )
@@ -225,3 +227,49 @@ def test_many_species_low_rank_path_matches_direct(monkeypatch):
     direct = render_atoms(numbers, pos, prof, (64, 64), dr, probe=psf)
     assert np.abs(fast - direct).max() < 1e-3 * direct.max()
     assert fast.sum(dtype=np.float64) == pytest.approx(direct.sum(dtype=np.float64), rel=2e-4)
+
+
+def _scene(seed, n, field_A, species=(14, 79)):
+    rng = np.random.default_rng(seed)
+    pos = np.column_stack([rng.uniform(0, field_A, n), rng.uniform(0, field_A, n), np.zeros(n)])
+    return rng.choice(list(species), n), pos
+
+
+@pytest.mark.parametrize("dr", [0.06, 0.15, 0.3])
+def test_shared_supersampled_render_matches_separate_render(dr):
+    """One spreading for the image and the 2x window: the window equals a separate
+    ``render_atoms(..., supersample=2)`` of the shifted atoms (o = 1 and o = 2 internal grids)."""
+    prof = draw_atom_profiles(np.random.default_rng(4), [14, 79])
+    psf = Probe(200, 22, source_fwhm_A=0.6)
+    numbers, pos = _scene(1, 150, 64 * dr)
+    top, left, hw = 10, 7, 44
+    image, fine = render_atoms_with_supersampled(numbers, pos, prof, (64, 64), dr, psf,
+                                                 window_px=(top, left, hw, hw))
+    np.testing.assert_array_equal(image, render_atoms(numbers, pos, prof, (64, 64), dr, psf))
+    shifted = pos - np.array([left * dr, top * dr, 0.0])
+    # wide padding: the reference sees the same atoms' tails as the full field does
+    ref = render_atoms(numbers, shifted, prof, (hw, hw), dr, psf, supersample=2, max_pad_px=80)
+    assert fine.shape == (2 * hw, 2 * hw) and fine.dtype == np.float32
+    np.testing.assert_allclose(fine, ref, atol=2e-3 * ref.max())
+
+
+def test_shared_supersampled_render_falls_back_when_oversampling_is_capped():
+    """A probe much sharper than the pixel: the window is rendered on its own finer grid."""
+    prof = draw_atom_profiles(np.random.default_rng(2), [8, 38])
+    psf = Probe(300, 30, source_fwhm_A=0.3)
+    dr = 0.8
+    numbers, pos = _scene(3, 80, 40 * dr, (8, 38))
+    _, fine = render_atoms_with_supersampled(numbers, pos, prof, (40, 40), dr, psf,
+                                             window_px=(4, 4, 32, 32))
+    shifted = pos - np.array([4 * dr, 4 * dr, 0.0])
+    ref = render_atoms(numbers, shifted, prof, (32, 32), dr, psf, supersample=2)
+    np.testing.assert_array_equal(fine, ref)
+
+
+def test_majority_species_prefers_the_heavier_on_ties():
+    species = np.array([6, 8, 79])
+    labels = np.array([0, 0, 1, 1, 1, 2, 3, 3])
+    group = np.array([0, 2, 1, 1, 2, 1, 2, 0])
+    count = np.bincount(labels)
+    np.testing.assert_array_equal(_majority_species(labels, group, species, count),
+                                  [79, 8, 8, 79])

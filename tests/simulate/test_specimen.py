@@ -373,3 +373,15 @@ def test_bad_inputs_raise():
     params = from_dict(SpecimenParams, {"zone_axes": [[0, 0, 1], [1, 1, 0]],
                                         "support_thickness_A": [10, 20]})
     assert params.zone_axes == ((0, 0, 1), (1, 1, 0))
+
+
+def test_space_group_table_matches_ase():
+    from ase.spacegroup import Spacegroup
+
+    from emrestore.simulate.specimen import _symops
+
+    for sg in (1, 2, 14, 62, 141, 167, 194, 225, 227, 230):
+        ops = Spacegroup(sg).get_symop()
+        rots, trans = _symops(sg)
+        np.testing.assert_array_equal(rots, np.array([r for r, _ in ops], float))
+        np.testing.assert_array_equal(trans, np.array([t for _, t in ops], float))

@@ -1,1 +1,1 @@
-"""Physics engine: specimens -> projected signal -> probe -> dose -> detector and scan distortions."""
+"""Physics engine: specimen -> projected signal -> probe -> dose -> detector and scan."""

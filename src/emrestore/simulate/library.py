@@ -29,9 +29,11 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import InputError
+from ._malloc import retain_freed_memory
 from .sampler import SamplerConfig, simulate_pair
 
 _FORMAT_VERSION = 1
+_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def sample_rng(seed: int, index: int) -> np.random.Generator:
@@ -175,8 +177,19 @@ def _generate(seed: int, indices: list[int], config: SamplerConfig,
     if workers <= 1:
         yield from map(_draw, tasks)
         return
-    with get_context("spawn").Pool(workers) as pool:
-        yield from pool.imap(_draw, tasks, chunksize=4)
+    # One BLAS thread per worker (the workers are the parallelism), inherited through the
+    # environment because numpy reads it on import; freed memory kept in each worker's heap.
+    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+    os.environ.update(dict.fromkeys(_THREAD_VARS, "1"))
+    try:
+        with get_context("spawn").Pool(workers, initializer=retain_freed_memory) as pool:
+            yield from pool.imap(_draw, tasks, chunksize=4)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def read_sample(path: str | os.PathLike, index: int) -> tuple[np.ndarray, np.ndarray, dict]:

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft as sfft
-from scipy import constants, ndimage
+from scipy import constants, ndimage, sparse
 from scipy.special import j0
 
 from .._rng import chance, uniform
@@ -228,12 +228,15 @@ class Probe:
         """OTF at |k| (round probes only; includes the source blur)."""
         if not self.is_round:
             raise InputError("otf_radial: the probe is not round; use otf_2d")
-        g = self._grid()
-        return np.interp(np.abs(k_inv_A), g.k_table, g.otf_table, right=0.0)
+        return self._grid().radial_otf(k_inv_A)
 
     def otf_2d(self, ky, kx) -> np.ndarray:
         """OTF (complex for non-centrosymmetric probes) at lattice points (1/A), OTF(0) = 1."""
-        ky, kx = np.broadcast_arrays(np.asarray(ky, float), np.asarray(kx, float))
+        ky, kx = np.asarray(ky, float), np.asarray(kx, float)
+        if not self.is_round and ky.ndim == kx.ndim == 2 and ky.shape[1] == kx.shape[0] == 1:
+            # a lattice (rows of ky times columns of kx): separable interpolation
+            return self._grid().interpolate_lattice(ky[:, 0], kx[0, :])
+        ky, kx = np.broadcast_arrays(ky, kx)
         if self.is_round:
             return self.otf_radial(np.hypot(ky, kx))
         return self._grid().interpolate(ky, kx)
@@ -346,6 +349,36 @@ class _ProbeGrid:
         out[np.hypot(ky, kx) > self.k_support] = 0.0
         return out
 
+    def radial_otf(self, k_inv_A) -> np.ndarray:
+        """Linear interpolation of the radial OTF table at |k| (0 beyond it): ``np.interp`` on
+        the uniform ``k_table`` without its per-point binary search."""
+        k = np.abs(np.asarray(k_inv_A, dtype=float))
+        table = self.otf_table
+        x = k * (1.0 / self.k_table[1])
+        i = np.minimum(x.astype(np.intp), table.size - 2)
+        t = x - i
+        out = table[i] * (1.0 - t) + table[i + 1] * t
+        return np.where(x > table.size - 1, 0.0, out)
+
+    def interpolate_lattice(self, ky: np.ndarray, kx: np.ndarray) -> np.ndarray:
+        """``interpolate`` at every (ky[i], kx[j]): the same cubic B-spline, evaluated as two 1-D
+        passes (4 taps along ky for the needed columns, then 4 along kx) instead of 16 taps per
+        point, a few times faster on the renderer's frequency blocks."""
+        re, im, dk, n2 = self._padded()
+        if "coef" not in self._interp_cache:
+            self._interp_cache["coef"] = re if self.centro else re + 1j * im
+        coef = self._interp_cache["coef"]
+        iy, wy = _bspline_taps(ky / dk + n2 // 2, n2)
+        ix, wx = _bspline_taps(kx / dk + n2 // 2, n2)
+        # sparse 4-band interpolation matrices: out = Wy @ coef @ Wx^T
+        wy_mat = sparse.csr_matrix((wy.ravel(), iy.ravel(), np.arange(0, iy.size + 1, 4)),
+                                   shape=(ky.size, n2))
+        wx_mat = sparse.csr_matrix((wx.ravel(), ix.ravel(), np.arange(0, ix.size + 1, 4)),
+                                   shape=(kx.size, n2))
+        out = np.asarray((wx_mat @ (wy_mat @ coef).T).T)
+        out[np.hypot(ky[:, None], kx[None, :]) > self.k_support] = 0.0
+        return out
+
     def extent_A(self, rel: float) -> float:
         img = self.image
         c = self.n // 2
@@ -399,6 +432,18 @@ class _ProbeGrid:
             lo, hi = r[i - 1], r[i]
         p0, p1 = intensity(np.array([lo, hi]))
         return float(2.0 * (lo + (0.5 * i0 - p0) * (hi - lo) / (p1 - p0)))
+
+
+def _bspline_taps(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (mod n) and cubic B-spline weights of the 4 coefficients around coordinates x
+    (``scipy.ndimage.map_coordinates(order=3, mode="grid-wrap", prefilter=False)``)."""
+    base = np.floor(x)
+    t = x - base
+    s = 1.0 - t
+    w = np.stack([s * s * s, 4.0 - 6.0 * t * t + 3.0 * t * t * t,
+                  1.0 + 3.0 * t + 3.0 * t * t - 3.0 * t * t * t, t * t * t], axis=1) / 6.0
+    idx = np.mod(base.astype(np.int64)[:, None] + np.arange(-1, 3)[None, :], n)
+    return idx, w
 
 
 @functools.lru_cache(maxsize=64)

@@ -505,8 +505,21 @@ def _fill_value(image: np.ndarray, mode: str) -> float:
     return {"min": lo, "max": hi, "mid": 0.5 * (lo + hi)}[mode]
 
 
-def _upsample(mask: np.ndarray, k: int) -> np.ndarray:
-    return mask if k == 1 else np.repeat(np.repeat(mask, k, axis=0), k, axis=1)
+def _is_integer(arr) -> bool:
+    dtype = np.asarray(arr).dtype
+    return dtype == np.bool_ or np.issubdtype(dtype, np.integer)
+
+
+def _put(arr: np.ndarray, mask: np.ndarray, k: int, value) -> None:
+    """``arr[mask upsampled k times] = value`` in place, without building the upsampled mask."""
+    if k == 1:
+        arr[mask] = value
+        return
+    if not arr.flags.c_contiguous:  # a reshape would copy: index with the upsampled mask
+        arr[np.repeat(np.repeat(mask, k, axis=0), k, axis=1)] = value
+        return
+    h, w = mask.shape
+    np.copyto(arr.reshape(h, k, w, k), arr.dtype.type(value), where=mask[:, None, :, None])
 
 
 def apply_postprocess(distorted: np.ndarray, clean_images: dict[str, np.ndarray],
@@ -563,11 +576,17 @@ def apply_postprocess(distorted: np.ndarray, clean_images: dict[str, np.ndarray]
     # 1. Interpolation distortion (all images, one warp per grid size).
     img = img.copy()
     if post.affine is not None:
-        same = [n for n in intensity if scales[n] == 1]
+        # every float image on the (H, W) grid in one call (the weights are computed once)
+        same = [n for n in clean_images if scales[n] == 1 and not _is_integer(clean_images[n])]
         stack = np.stack([img] + [np.asarray(clean_images[n], dtype=np.float32) for n in same])
         warped = warp_affine(stack, matrix)
         img = warped[0]
-        out.update({n: warped[i + 1] for i, n in enumerate(same)})
+        for i, name in enumerate(same):
+            if name in labels:
+                arr = np.asarray(clean_images[name])
+                out[name] = np.clip(warped[i + 1], float(arr.min()), float(arr.max()))
+            else:
+                out[name] = warped[i + 1]
         for name in clean_images:
             if name in out:
                 continue
@@ -611,8 +630,7 @@ def apply_postprocess(distorted: np.ndarray, clean_images: dict[str, np.ndarray]
         value = np.float32(_fill_value(img, post.fill_mode))
         img[fill] = value
         for name in clean_images:
-            mask = _upsample(fill, scales[name])
-            out[name][mask] = 0 if name in labels else value
+            _put(out[name], fill, scales[name], 0 if name in labels else value)
     if bright.any() or dark.any():
         vmax, vmin = np.float32(img.max()), np.float32(img.min())
         if vmax == vmin:
@@ -620,7 +638,7 @@ def apply_postprocess(distorted: np.ndarray, clean_images: dict[str, np.ndarray]
         img[bright] = vmax
         img[dark] = vmin
         for name in intensity:
-            out[name][_upsample(bright, scales[name])] = vmax
-            out[name][_upsample(dark, scales[name])] = vmin
+            _put(out[name], bright, scales[name], vmax)
+            _put(out[name], dark, scales[name], vmin)
     return img.astype(np.float32, copy=False), out, matrix
 

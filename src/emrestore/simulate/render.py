@@ -32,7 +32,14 @@ The rendering runs in Fourier space on an internal grid ``o`` times finer than t
    at the internal Nyquist frequency) and B = sinc^4 per axis, which undoes the spreading kernel
    and restores exact sub-pixel positions. Frequencies beyond the PSF cut-off (2 alpha / lambda
    for a probe) are skipped altogether;
-4. one inverse FFT; every o-th internal pixel is kept.
+4. one inverse FFT, pruned: the column transforms run only over the frequency block below the
+   cut-off and the row transforms only over the rows that are kept (every o-th internal pixel).
+
+Super-resolved labels: ``render_atoms_with_supersampled`` returns the image and a finer sampling
+of a window of it from the same spectrum (zero-padding plus a sub-pixel phase ramp: exact
+band-limited interpolation whenever the internal grid resolved every kernel, i.e. o was not
+capped), so a 2x label costs one extra pruned inverse FFT instead of a second rendering on a
+4x larger grid. Where o is capped it renders the window separately, as ``render_atoms`` does.
 
 ``o`` is the smallest integer for which the kernel (PSF x f_Z) holds less than ``tol`` of its
 spectral L1 mass outside the taper's pass band, capped at ``max_oversample`` (default 2). Where
@@ -69,6 +76,7 @@ __all__ = [
     "choose_oversampling",
     "group_columns",
     "render_atoms",
+    "render_atoms_with_supersampled",
     "render_columns",
     "render_kernel",
     "supersampled_coordinates",
@@ -151,13 +159,27 @@ def _psf_extent(psf, rel):
 
 
 class _Kernels:
-    """Radial transforms of the species kernels: ``table(k)`` gives an (nk, len(k)) array."""
+    """Radial transforms of the species kernels: ``table(k)`` gives an (nk, len(k)) array.
+
+    ``bands`` is a sequence of band limits (1/A) or of zero-argument callables giving them, in
+    the order in which they are most likely to be the largest (then :meth:`max_band` usually
+    evaluates only the first: with a probe, one profile already reaches beyond its band).
+    """
 
     def __init__(self, table, bands, extents):
         self.table, self.bands, self.extents = table, list(bands), list(extents)
 
     def __len__(self):
-        return len(self.bands)
+        return len(self.extents)
+
+    def max_band(self, cap: float = math.inf) -> float:
+        """min(largest band limit, cap), evaluating the band limits only until one reaches cap."""
+        best = -math.inf
+        for b in self.bands:
+            best = max(best, b() if callable(b) else b)
+            if best >= cap:
+                return cap
+        return min(best, cap) if self.bands else cap
 
 
 def _psf_cutoff(psf) -> float:
@@ -215,14 +237,17 @@ _NS_PER_WEIGHTED_SPREAD_ENTRY = 4.0
 
 def _render_core(points_yx_A: np.ndarray, group: np.ndarray, kernels: _Kernels, psf,
                  out_shape: tuple[int, int], pixel_A: float, origin_A: float,
-                 max_oversample: int, tol: float, max_pad_px: int | None) -> np.ndarray:
+                 max_oversample: int, tol: float, max_pad_px: int | None,
+                 fine: tuple[tuple[float, float], float, tuple[int, int]] | None = None):
+    """The image on ``out_shape``; with ``fine = ((y, x) of the first sample in A, spacing in A,
+    shape)`` also that sampling of the same continuous image, returned as a second array (None
+    where the internal grid cannot resolve it exactly: oversampling capped)."""
     ho, wo = out_shape
     rel = 1e-3
     extent = max(kernels.extents, default=0.0) + _psf_extent(psf, rel)
     cap = max_pad_px if max_pad_px is not None else max(64, max(ho, wo) // 4)
     pad = int(min(math.ceil(extent / pixel_A) + 2, cap))
-    band = max(kernels.bands, default=math.inf)
-    band = min(band, _psf_band(psf, tol))
+    band = kernels.max_band(_psf_band(psf, tol))
     o = choose_oversampling(band, pixel_A, max_oversample)
     h = pixel_A / o
     # internal point j sits at y0 + j h; two spare points at each end keep the 4 x 4 spreading
@@ -240,7 +265,8 @@ def _render_core(points_yx_A: np.ndarray, group: np.ndarray, kernels: _Kernels, 
     keep = (y >= lo_y) & (y <= hi_y) & (x >= lo_x) & (x <= hi_x)
     y, x, group = y[keep], x[keep], group[keep].astype(np.int64)
     if y.size == 0:
-        return np.zeros(out_shape, dtype=np.float32)
+        empty = np.zeros(out_shape, dtype=np.float32)
+        return empty if fine is None else (empty, np.zeros(fine[2], dtype=np.float32))
 
     # Only frequencies below the PSF cut-off matter (the OTF is zero, or < 1e-8, beyond): the
     # per-kernel work is restricted to that block of the rfft2 lattice, rows 0..my-1 and the
@@ -345,14 +371,64 @@ def _render_core(points_yx_A: np.ndarray, group: np.ndarray, kernels: _Kernels, 
     if psf is not None:
         factor = factor * psf.otf_2d(ky, kx)
     spec *= factor.astype(np.complex64 if np.iscomplexobj(factor) else np.float32)
-    if block:
-        full_spec = np.zeros((ny, ncol), dtype=np.complex64)
-        full_spec[rows, :mx] = spec
-        spec = full_spec
-    img = sfft.irfft2(spec, s=(ny, nx), workers=1)
-    j0 = 2 + o * pad
-    out = img[j0: j0 + o * ho: o, j0: j0 + o * wo: o]
-    return (out / (h * h)).astype(np.float32)
+    if not block:
+        rows, mx = np.arange(ny), ncol
+    grid = (ny, nx, h, y0, x0)
+    out = _sample_spectrum(spec, rows, grid, (origin_A, origin_A), pixel_A, out_shape)
+    if fine is None:
+        return out
+    # The internal grid resolves the band of every kernel (o not capped): any other sampling of
+    # the same field is exact band-limited interpolation of this spectrum.
+    exact = choose_oversampling(band, pixel_A, 10**6) <= o
+    fine_out = _sample_spectrum(spec, rows, grid, *fine) if exact else None
+    return out, fine_out
+
+
+def _sample_spectrum(spec: np.ndarray, rows: np.ndarray, grid, start_yx_A, spacing_A: float,
+                     shape: tuple[int, int]) -> np.ndarray:
+    """Samples of the image whose rfft2 on ``grid = (ny, nx, h, y0, x0)`` (point (j, i) at
+    (y0 + j h, x0 + i h)) is ``spec`` (rows ``rows``, columns 0 .. spec.shape[1] - 1, every other
+    coefficient zero), on a lattice of ``shape`` points ``spacing_A`` apart starting at
+    ``start_yx_A``.
+
+    ``spacing_A`` must be a rational multiple p/m of h with m <= 8: the spectrum is zero-padded m
+    times (exact for a band-limited image) and phase-shifted onto the lattice's sub-grid offset.
+    Pruned inverse transform: the column transforms run only on the non-zero columns and the row
+    transforms only on the rows that are kept.
+    """
+    ny, nx, h, y0, x0 = grid
+    ratio = spacing_A / h
+    for m in range(1, 9):
+        step = round(ratio * m)
+        if step >= 1 and abs(ratio * m - step) < 1e-6 * m:
+            break
+    else:
+        raise InputError(f"sampling {spacing_A} A is not a simple fraction of the grid {h} A")
+    hf = h / m
+    starts, shifts = [], []
+    for s0, g0 in ((start_yx_A[0], y0), (start_yx_A[1], x0)):
+        u = (s0 - g0) / hf
+        j = math.floor(u + 1e-6)
+        starts.append(j)
+        shifts.append((u - j) * hf if abs(u - j) > 1e-6 else 0.0)
+    mx = spec.shape[1]
+    big_y, big_x = m * ny, m * nx
+    if starts[0] < 0 or starts[1] < 0 or starts[0] + step * (shape[0] - 1) >= big_y \
+            or starts[1] + step * (shape[1] - 1) >= big_x:
+        raise InputError("requested samples lie outside the rendering grid")
+    if shifts[0] or shifts[1]:
+        ky = sfft.fftfreq(ny, d=h)[rows]
+        kx = sfft.rfftfreq(nx, d=h)[:mx]
+        ramp_y = np.exp(2j * math.pi * ky * shifts[0]).astype(np.complex64)
+        ramp_x = np.exp(2j * math.pi * kx * shifts[1]).astype(np.complex64)
+        spec = spec * ramp_y[:, None] * ramp_x[None, :]
+    padded = np.zeros((big_y, mx), dtype=np.complex64)
+    padded[np.where(rows < (ny + 1) // 2, rows, rows + big_y - ny)] = spec
+    cols = sfft.ifft(padded, axis=0, workers=1, overwrite_x=True)
+    cols = cols[starts[0]: starts[0] + step * (shape[0] - 1) + 1: step]
+    img = sfft.irfft(cols, n=big_x, axis=1, workers=1)
+    out = img[:, starts[1]: starts[1] + step * (shape[1] - 1) + 1: step]
+    return out * np.float32(m * m / (h * h))
 
 
 def _species_groups(numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -418,19 +494,77 @@ def render_atoms(atoms_numbers, positions_A, profiles: AtomProfiles, shape: tupl
     origin = -0.5 * (s - 1) / s * pixel_size_A
     if numbers.size == 0:
         return np.zeros(out_shape, dtype=np.float32)
+    group, kernels = _atom_kernels(numbers, profiles, tol)
+    return _render_core(pos, group, kernels, probe, out_shape, pix, origin,
+                        max_oversample, tol, max_pad_px)
+
+
+def _atom_kernels(numbers: np.ndarray, profiles: AtomProfiles, tol: float):
     species, group = _species_groups(numbers)
     missing = sorted(set(species.tolist()) - set(profiles.species))
     if missing:
         raise InputError(f"render_atoms: no profile for Z={missing}; "
                          f"profiles cover {list(profiles.species)}")
     zs = species.tolist()
+    # narrowest profiles first: their transforms reach farthest
+    by_width = sorted(zs, key=lambda z: profiles.params(z)[2])
     kernels = _Kernels(
         lambda k: profiles.transform_many(zs, k),
-        [profiles.band_limit_inv_A(z, tol) for z in zs],
+        [lambda z=z: profiles.band_limit_inv_A(z, tol) for z in by_width],
         [profiles.extent_A(z, 1e-3) for z in zs],
     )
-    return _render_core(pos, group, kernels, probe, out_shape, pix, origin,
-                        max_oversample, tol, max_pad_px)
+    return group, kernels
+
+
+def render_atoms_with_supersampled(atoms_numbers, positions_A, profiles: AtomProfiles,
+                                   shape: tuple[int, int], pixel_size_A: float, probe=None, *,
+                                   window_px: tuple[int, int, int, int], supersample: int = 2,
+                                   max_oversample: int = 2, tol: float = 2e-3,
+                                   max_pad_px: int | None = None
+                                   ) -> tuple[np.ndarray, np.ndarray]:
+    """``render_atoms`` on ``shape`` plus a ``supersample``-times finer image of a window of it,
+    from one spreading and one set of forward transforms.
+
+    ``window_px = (top, left, H, W)``: the second image is what
+    ``render_atoms(numbers, positions_A - (left, top) * pixel_size_A, profiles, (H, W),
+    pixel_size_A, probe, supersample)`` returns (the window's coarse pixel (0, 0) is pixel
+    (top, left) of the first image), up to the renderer's accuracy (~1e-3 of the peak; atoms
+    outside the window but inside the first field contribute their tails, as they should).
+    It is obtained by band-limited interpolation of the first image's spectrum, which is exact
+    whenever the internal grid resolved every kernel (oversampling not capped). Otherwise (a
+    kernel much sharper than the pixel: fine probes on coarse pixels) the window is rendered on
+    its own finer grid, at the cost of a second ``render_atoms`` call.
+
+    Returns ``(image (H0, W0), fine (s H, s W))``, float32, same units as ``render_atoms``.
+    """
+    _check_common(shape, pixel_size_A, supersample)
+    top, left, hw, ww = (int(v) for v in window_px)
+    if hw < 1 or ww < 1:
+        raise InputError(f"window_px must be (top, left, H, W) with H, W >= 1, got {window_px!r}")
+    numbers = np.asarray(atoms_numbers).astype(np.int64).ravel()
+    pos = _positions_yx(positions_A, numbers.size)
+    s = int(supersample)
+    out_shape = (int(shape[0]), int(shape[1]))
+    fine_shape = (s * hw, s * ww)
+    if numbers.size == 0:
+        return np.zeros(out_shape, np.float32), np.zeros(fine_shape, np.float32)
+    group, kernels = _atom_kernels(numbers, profiles, tol)
+    inside = 0 <= top and 0 <= left and top + hw <= out_shape[0] and left + ww <= out_shape[1]
+    if inside:
+        lead = 0.5 * (s - 1) / s  # fine pixel 0 sits this many coarse pixels before the window
+        start = ((top - lead) * pixel_size_A, (left - lead) * pixel_size_A)
+        image, fine = _render_core(pos, group, kernels, probe, out_shape, pixel_size_A, 0.0,
+                                   max_oversample, tol, max_pad_px,
+                                   fine=(start, pixel_size_A / s, fine_shape))
+    else:
+        image = _render_core(pos, group, kernels, probe, out_shape, pixel_size_A, 0.0,
+                             max_oversample, tol, max_pad_px)
+        fine = None
+    if fine is None:
+        shifted = pos - np.array([top * pixel_size_A, left * pixel_size_A])
+        fine = _render_core(shifted, group, kernels, probe, fine_shape, pixel_size_A / s,
+                            -0.5 * (s - 1) / s * pixel_size_A, max_oversample, tol, None)
+    return image, fine
 
 
 def render_kernel(positions_yx_A, shape: tuple[int, int], pixel_size_A: float, psf=None,
@@ -473,9 +607,28 @@ def group_columns(xy_A: np.ndarray, merge_radius_A: float) -> np.ndarray:
     tree = cKDTree(upos, leafsize=16, balanced_tree=False, compact_nodes=False)
     pairs = tree.query_pairs(merge_radius_A, output_type="ndarray")
     m = upos.shape[0]
+    if len(pairs) == 0:  # all isolated (randomly oriented, amorphous): one column per position
+        return inverse.reshape(-1).astype(np.int64)
     graph = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(m, m))
     _, labels = csgraph.connected_components(graph, directed=False)
     return labels[inverse].astype(np.int64)
+
+
+def _majority_species(labels: np.ndarray, group: np.ndarray, species: np.ndarray,
+                      count: np.ndarray) -> np.ndarray:
+    """Most frequent species of each column (ties: the heavier); one-atom columns directly."""
+    dominant = np.empty(count.size, dtype=species.dtype)
+    single = count[labels] == 1
+    dominant[labels[single]] = species[group[single]]
+    if not single.all():
+        ns = species.size
+        key, n = np.unique(labels[~single] * ns + group[~single], return_counts=True)
+        col, sp = key // ns, key % ns
+        order = np.lexsort((sp, n, col))  # per column: count, then Z, ascending
+        col, sp = col[order], sp[order]
+        last = np.append(col[1:] != col[:-1], True)
+        dominant[col[last]] = species[sp[last]]
+    return dominant
 
 
 def render_columns(atoms_numbers, positions_A, profiles: AtomProfiles, shape: tuple[int, int],
@@ -526,9 +679,7 @@ def render_columns(atoms_numbers, positions_A, profiles: AtomProfiles, shape: tu
     count = np.bincount(labels, minlength=nc)
     cy = np.bincount(labels, intensity * pos[:, 0], minlength=nc) / total
     cx = np.bincount(labels, intensity * pos[:, 1], minlength=nc) / total
-    ns = species.size
-    table = np.bincount(labels * ns + group, minlength=nc * ns).reshape(nc, ns)
-    dominant = species[ns - 1 - np.argmax(table[:, ::-1], axis=1)]
+    dominant = _majority_species(labels, group, species, count)
     pos_a = np.column_stack([cy, cx])
     pos_px = pos_a / pixel_size_A
     lo = -0.5 - margin_px
