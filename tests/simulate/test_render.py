@@ -273,3 +273,30 @@ def test_majority_species_prefers_the_heavier_on_ties():
     count = np.bincount(labels)
     np.testing.assert_array_equal(_majority_species(labels, group, species, count),
                                   [79, 8, 8, 79])
+
+
+def test_displaced_atoms_do_not_chain_columns():
+    """Stacked columns 2 Å apart with scattered atoms between them stay separate columns."""
+    rng = np.random.default_rng(3)
+    columns = [(2.0, 2.0), (2.0, 4.0), (2.0, 6.0)]
+    stack = np.array([[x, y, z] for x, y in columns for z in range(10)], dtype=float)
+    # a dense line of loose atoms bridging the columns every 0.2 Å
+    bridge = np.column_stack([np.full(21, 2.0), np.linspace(2.1, 5.9, 21), rng.uniform(0, 9, 21)])
+    pos = np.vstack([stack, bridge])
+    cols = render_columns(np.full(len(pos), 8), pos, PROFILES, (80, 80), 0.1,
+                          merge_radius_A=0.25)
+    big = cols["atom_count"] >= 10
+    assert big.sum() == 3
+    np.testing.assert_allclose(np.sort(cols["position_A"][big][:, 0]), [2.0, 4.0, 6.0],
+                               atol=0.05)
+
+
+def test_mistilted_columns_stay_whole_along_their_direction():
+    tilt = np.radians(2.0)
+    direction = np.array([np.sin(tilt), 0.0, np.cos(tilt)])
+    z = np.arange(0, 200.0, 4.0)  # a 200 Å thick column smears 7 Å in projection
+    pos = np.vstack([np.column_stack([x0 + z * np.tan(tilt), np.full_like(z, 5.0), z])
+                     for x0 in (3.0, 7.0)])
+    cols = render_columns(np.full(len(pos), 8), pos, PROFILES, (200, 200), 0.1,
+                          merge_radius_A=0.25, column_direction=direction)
+    assert sorted(cols["atom_count"].tolist()) == [len(z), len(z)]

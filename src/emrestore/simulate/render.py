@@ -592,25 +592,55 @@ def render_kernel(positions_yx_A, shape: tuple[int, int], pixel_size_A: float, p
 
 
 def group_columns(xy_A: np.ndarray, merge_radius_A: float) -> np.ndarray:
-    """Single-linkage labels of projected positions closer than ``merge_radius_A`` (A)."""
+    """Column labels of projected positions (A): stacks of atoms and the atoms near them.
+
+    A column is a site where two or more atoms coincide in projection (to 1e-3 of the merge
+    radius); sites closer than ``merge_radius_A`` join one column (single linkage among sites
+    only). Every other atom joins the nearest column within ``merge_radius_A``; the remaining
+    atoms link among themselves. Linking all atoms at once would let displaced atoms and
+    amorphous neighbours chain whole columns of a crystal together into one.
+    """
     n = xy_A.shape[0]
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    # collapse exact (to 1e-3 of the merge radius) duplicates first: zone-axis columns are stacks
-    # of atoms at one (x, y), and pair counts would otherwise grow as the column length squared
+    # collapse exact duplicates first: zone-axis columns are stacks of atoms at one (x, y), and
+    # pair counts would otherwise grow as the column length squared
     step = 1e-3 * merge_radius_A
     q = np.round(xy_A / step).astype(np.int64)
     q -= q.min(axis=0)
     key = q[:, 0] * (int(q[:, 1].max()) + 1) + q[:, 1]
-    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    _, first, inverse, multiplicity = np.unique(key, return_index=True, return_inverse=True,
+                                                return_counts=True)
+    inverse = inverse.reshape(-1)
     upos = q[first] * step
-    tree = cKDTree(upos, leafsize=16, balanced_tree=False, compact_nodes=False)
-    pairs = tree.query_pairs(merge_radius_A, output_type="ndarray")
     m = upos.shape[0]
-    if len(pairs) == 0:  # all isolated (randomly oriented, amorphous): one column per position
-        return inverse.reshape(-1).astype(np.int64)
-    graph = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(m, m))
-    _, labels = csgraph.connected_components(graph, directed=False)
+    is_site = multiplicity >= 2
+    labels = np.full(m, -1, dtype=np.int64)
+    n_columns = 0
+    if is_site.any():
+        sites = np.flatnonzero(is_site)
+        tree = cKDTree(upos[sites])
+        pairs = tree.query_pairs(merge_radius_A, output_type="ndarray")
+        graph = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])),
+                                  shape=(sites.size, sites.size))
+        n_columns, site_labels = csgraph.connected_components(graph, directed=False)
+        labels[sites] = site_labels
+        loose = np.flatnonzero(~is_site)
+        if loose.size:
+            dist, nearest = tree.query(upos[loose], distance_upper_bound=merge_radius_A)
+            near = np.isfinite(dist)
+            labels[loose[near]] = site_labels[nearest[near]]
+    alone = np.flatnonzero(labels < 0)
+    if alone.size:
+        # the rest link among themselves only (two atoms closer than the radius image as one)
+        pairs = cKDTree(upos[alone]).query_pairs(merge_radius_A, output_type="ndarray")
+        if len(pairs):
+            graph = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])),
+                                      shape=(alone.size, alone.size))
+            _, loose_labels = csgraph.connected_components(graph, directed=False)
+        else:
+            loose_labels = np.arange(alone.size)
+        labels[alone] = n_columns + loose_labels
     return labels[inverse].astype(np.int64)
 
 
@@ -633,12 +663,16 @@ def _majority_species(labels: np.ndarray, group: np.ndarray, species: np.ndarray
 
 def render_columns(atoms_numbers, positions_A, profiles: AtomProfiles, shape: tuple[int, int],
                    pixel_size_A: float, *, merge_radius_A: float = 0.25,
-                   margin_px: float = 0.0) -> dict[str, np.ndarray]:
+                   margin_px: float = 0.0, column_direction=None) -> dict[str, np.ndarray]:
     """Per-column ground truth for the image rendered by ``render_atoms`` with the same inputs.
 
     Atoms are grouped into projected columns by single linkage of their (x, y) positions within
     ``merge_radius_A`` (a randomly oriented specimen gives mostly one-atom "columns"). Columns whose
     centre lies inside the field of view, enlarged by ``margin_px`` pixels, are returned.
+    ``column_direction`` (x, y, z), the lattice direction that was put along the beam before the
+    mistilt: atoms are then linked along that tilted line rather than straight down z, so that a
+    mistilted column, which projects to a streak longer than ``merge_radius_A`` in a thick
+    crystal, stays one column (its label is still the centroid of its projected streak).
 
     Returns
     -------
@@ -673,7 +707,15 @@ def render_columns(atoms_numbers, positions_A, profiles: AtomProfiles, shape: tu
     pos, group, intensity = pos[inside], group[inside], intensity[inside]
     if pos.shape[0] == 0:
         return empty
-    labels = group_columns(pos[:, ::-1], merge_radius_A)
+    link_xy = pos[:, ::-1]
+    if column_direction is not None and positions_A is not None:
+        d = np.asarray(column_direction, dtype=float)
+        z = np.asarray(positions_A, dtype=float).reshape(numbers.size, -1)
+        if z.shape[1] == 3 and abs(d[2]) > 0.5:
+            z = z[inside, 2]
+            # where each atom's column line crosses the mid-plane of the specimen
+            link_xy = link_xy - np.outer(z - z.mean(), d[:2] / d[2])
+    labels = group_columns(link_xy, merge_radius_A)
     nc = int(labels.max()) + 1
     total = np.bincount(labels, intensity, minlength=nc)
     count = np.bincount(labels, minlength=nc)

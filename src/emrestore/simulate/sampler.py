@@ -280,8 +280,10 @@ def simulate_pair(
         # specimen's) are a background layer, and linking them in would chain every column of
         # the crystal to the amorphous atoms that happen to project close to it.
         n_own = int(specimen.info.get("n_specimen_atoms", len(numbers)))
+        direction = specimen.info.get("orientation", {}).get("column_direction")
         columns = render_columns(numbers[:n_own], positions[:n_own], profiles, ext_shape,
-                                 pixel_size, merge_radius_A=config.column_merge_radius_A)
+                                 pixel_size, merge_radius_A=config.column_merge_radius_A,
+                                 column_direction=direction)
         params.update(specimen=specimen.info, specimen_kind=specimen.kind,
                       profiles=profiles.to_dict(), psf=psf.to_dict())
         mask_radius_A = _column_radius_A(psf)

@@ -1090,6 +1090,9 @@ def draw_orientation(rng: np.random.Generator, unit_cell: Atoms,
         r = zone_axis_rotation(cell, uvw, tilt, azimuth, inplane)
         info = {"mode": "zone_axis", "zone_axis": list(uvw), "mistilt_deg": tilt,
                 "mistilt_azimuth_deg": azimuth, "inplane_rotation_deg": inplane}
+        # the zone axis in the lab frame: atomic columns run along it (tilted by the mistilt)
+        axis = np.asarray(uvw, float) @ np.asarray(cell, float)
+        info["column_direction"] = (r @ (axis / np.linalg.norm(axis))).tolist()
     else:
         r = random_rotation(rng)
         inplane = uniform(rng, (0.0, 360.0))
