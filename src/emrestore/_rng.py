@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-SeedLike = "int | np.random.Generator | np.random.SeedSequence | None"
 
 
 def as_generator(seed=None) -> np.random.Generator:
@@ -17,7 +16,8 @@ def as_generator(seed=None) -> np.random.Generator:
         return seed
     if seed is None or isinstance(seed, (int, np.integer, np.random.SeedSequence)):
         return np.random.default_rng(seed)
-    raise TypeError(f"expected an int seed, a SeedSequence or a numpy Generator, got {type(seed)!r}")
+    raise TypeError(
+        f"expected an int seed, a SeedSequence or a numpy Generator, got {type(seed)!r}")
 
 
 def chance(rng: np.random.Generator, probability: float) -> bool:
@@ -26,7 +26,7 @@ def chance(rng: np.random.Generator, probability: float) -> bool:
 
 
 def uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
-    """One draw from U(lo, hi); ``bounds`` is a ``(lo, hi)`` tuple as stored in the param classes."""
+    """One draw from U(lo, hi); ``bounds`` is a ``(lo, hi)`` tuple as the param classes store."""
     lo, hi = bounds
     return float(lo + (hi - lo) * rng.random())
 
