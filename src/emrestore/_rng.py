@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 
-
 def as_generator(seed=None) -> np.random.Generator:
     """Return a Generator for an int seed, a SeedSequence, a Generator (returned as is) or None.
 
