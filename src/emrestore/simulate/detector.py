@@ -7,6 +7,8 @@ takes its randomness from a ``numpy.random.Generator``. The modality modules (:m
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import InputError
@@ -124,3 +126,24 @@ def quantise(image: np.ndarray, gain: float = 1.0, *, bits: int | None = None,
     out = np.rint(np.asarray(image, dtype=np.float32) * np.float32(gain) + np.float32(offset))
     hi = None if bits is None else float(2 ** int(bits) - 1)
     return np.clip(out, 0.0, hi).astype(np.float32, copy=False)
+
+
+def draw_adc(rng: np.random.Generator, bits_choices, offset_fraction: tuple[float, float],
+             gain_adu_per_e: tuple[float, float], max_expected_counts: float | None = None
+             ) -> tuple[int, float, float]:
+    """Draw an analog-to-digital converter: ``(bits, gain in ADU per electron, offset in ADU)``.
+
+    The gain is log-uniform in ``gain_adu_per_e``; the offset a fraction of the ADC range. With
+    ``max_expected_counts`` the gain is capped so that the brightest pixel plus five standard
+    deviations of its shot noise stays inside the range, as an operator sets the contrast.
+    """
+    bits = int(bits_choices[int(rng.integers(0, len(bits_choices)))])
+    full = float(2 ** bits - 1)
+    lo, hi = offset_fraction
+    offset = float(np.floor((lo + (hi - lo) * rng.random()) * full))
+    glo, ghi = gain_adu_per_e
+    gain = float(np.exp(np.log(glo) + (np.log(ghi) - np.log(glo)) * rng.random()))
+    if max_expected_counts is not None and max_expected_counts > 0:
+        peak = 1.2 * max_expected_counts + 5.0 * math.sqrt(max_expected_counts) + 1.0
+        gain = min(gain, 0.95 * (full - offset) / peak)
+    return bits, gain, offset

@@ -36,6 +36,7 @@ from .detector import (
     black_pixels,
     check_image,
     clip_upper,
+    draw_adc,
     gaussian_noise,
     poisson_noise,
     quantise,
@@ -336,13 +337,8 @@ def draw_tem_distortion(rng: np.random.Generator, params: TemDistortionParams,
             kw["flicker_sigma_e"] = uniform(rng, p.flicker_sigma_e)
         if chance(rng, p.reset_probability):
             kw["reset_sigma_e"] = uniform(rng, p.reset_sigma_e)
-        bits = int(p.adc_bits[int(rng.integers(0, len(p.adc_bits)))])
-        full = float(2 ** bits - 1)
-        offset = float(np.floor(uniform(rng, p.adc_offset_fraction) * full))
-        gain = log_uniform(rng, p.adc_gain_adu_per_e)
-        if max_expected_counts is not None and max_expected_counts > 0:
-            peak = 1.2 * max_expected_counts + 5.0 * math.sqrt(max_expected_counts) + 1.0
-            gain = min(gain, 0.95 * (full - offset) / peak)
+        bits, gain, offset = draw_adc(rng, p.adc_bits, p.adc_offset_fraction, p.adc_gain_adu_per_e,
+                                       max_expected_counts)
         kw.update(adc_bits=bits, adc_gain_adu_per_e=gain, adc_offset_adu=offset)
     if chance(rng, p.black_pixel_probability):
         kw["black_pixel_points"] = integer(rng, p.black_pixel_points)
