@@ -114,17 +114,13 @@ def _run_restore(args: argparse.Namespace) -> None:
 
 
 def _run_models(args: argparse.Namespace) -> None:
-    import json
-
-    from .nn.zoo import list_models
+    from .nn.zoo import format_card, list_models
 
     cards = list_models()
     if not cards:
-        print("no shipped models")
+        print("no shipped models (train one: emrestore train --config configs/stem-hr.toml)")
     for card in cards:
-        metrics = json.dumps(card.get("metrics", {}), sort_keys=True)
-        print(f"{card['name']}: {card.get('architecture', {}).get('name', '?')}, "
-              f"{card.get('description', '')}\n    metrics: {metrics}")
+        print(format_card(card))
 
 
 def _run_train(args: argparse.Namespace) -> None:

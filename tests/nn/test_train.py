@@ -39,7 +39,7 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
 
     with torch.no_grad():
         before = float(loss_now())
-    for _ in range(10):
+    for _ in range(6):
         opt.zero_grad()
         loss_now().backward()
         opt.step()

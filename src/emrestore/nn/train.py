@@ -693,7 +693,9 @@ def export_model(checkpoint: str | os.PathLike, name: str, *, out_dir: str | os.
     card = {
         "name": name,
         "card_version": 1,
-        "description": description,
+        "description": description or (f"{cfg.data.resolution.upper()}-"
+                                       f"{cfg.data.modality.upper()} restoration "
+                                       f"({cfg.model.architecture})"),
         "architecture": cfg.model.architecture,
         "config": dataclasses.asdict(model.config),
         "parameters": count_parameters(model),
