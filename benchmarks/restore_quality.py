@@ -76,8 +76,10 @@ def anscombe_bm3d(image, labels):
     gain, offset = _detector(labels)
     counts = np.maximum((image.astype(np.float64) - offset) / gain, 0.0)
     a = 2.0 * np.sqrt(counts + 3.0 / 8.0)
-    d = bm3d.bm3d(a, sigma_psd=1.0)
-    # exact unbiased inverse (closed-form approximation, Mäkitalo & Foi 2011)
+    d = np.asarray(bm3d.bm3d(a, sigma_psd=1.0), dtype=np.float64)
+    # exact unbiased inverse (closed-form approximation, Mäkitalo & Foi 2011); it diverges as
+    # d -> 0, where the expected count is 0 (d = 2 sqrt(3/8) ≈ 1.22 for zero counts)
+    d = np.maximum(d, 0.8)
     inv = (0.25 * d**2 + 0.25 * np.sqrt(1.5) / d - 11.0 / 8.0 / d**2
            + 0.625 * np.sqrt(1.5) / d**3 - 0.125)
     return (np.maximum(inv, 0.0) * gain + offset).astype(np.float32)
