@@ -147,3 +147,17 @@ def draw_adc(rng: np.random.Generator, bits_choices, offset_fraction: tuple[floa
         peak = 1.2 * max_expected_counts + 5.0 * math.sqrt(max_expected_counts) + 1.0
         gain = min(gain, 0.95 * (full - offset) / peak)
     return bits, gain, offset
+
+
+def to_adc_units(expected_counts: np.ndarray, distortion) -> np.ndarray:
+    """Counts in the recorded image's units: ``gain · counts + offset`` (analog) or counts.
+
+    Only the deterministic part of the detector chain (no noise, blur, clip or rounding), so a
+    clean target and the recorded image share units. ``distortion`` is a drawn STEM or TEM
+    detector record (``detector``, ``adc_gain_adu_per_e``, ``adc_offset_adu``).
+    """
+    img = np.asarray(expected_counts, dtype=np.float32)
+    if distortion.detector == "counting":
+        return img.copy()
+    return (img * np.float32(distortion.adc_gain_adu_per_e)
+            + np.float32(distortion.adc_offset_adu)).astype(np.float32)

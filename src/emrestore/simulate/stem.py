@@ -56,6 +56,7 @@ from .detector import (
     poisson_noise,
     quantise,
     saturation_level,
+    to_adc_units,
     zingers,
 )
 
@@ -688,11 +689,7 @@ def to_detector_units(expected_counts: np.ndarray, distortion: StemDistortion) -
     Only the deterministic, geometry-free part of the detector chain: no noise, no blur, no clip,
     no rounding, so that the clean target and :func:`distort_stem`'s output share units.
     """
-    img = np.asarray(expected_counts, dtype=np.float32)
-    if distortion.detector == "counting":
-        return img.copy()
-    return (img * np.float32(distortion.adc_gain_adu_per_e)
-            + np.float32(distortion.adc_offset_adu)).astype(np.float32)
+    return to_adc_units(expected_counts, distortion)
 
 
 def distort_stem(expected_counts: np.ndarray, distortion: StemDistortion,

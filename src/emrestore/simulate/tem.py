@@ -41,6 +41,7 @@ from .detector import (
     poisson_noise,
     quantise,
     saturation_level,
+    to_adc_units,
     zingers,
 )
 
@@ -358,11 +359,7 @@ def draw_tem_distortion(rng: np.random.Generator, params: TemDistortionParams,
 
 def to_detector_units(expected_counts: np.ndarray, distortion: TemDistortion) -> np.ndarray:
     """The clean image in the recorded frame's units (``gain · counts + offset`` or counts)."""
-    img = np.asarray(expected_counts, dtype=np.float32)
-    if distortion.detector == "counting":
-        return img.copy()
-    return (img * np.float32(distortion.adc_gain_adu_per_e)
-            + np.float32(distortion.adc_offset_adu)).astype(np.float32)
+    return to_adc_units(expected_counts, distortion)
 
 
 def distort_tem(expected_counts: np.ndarray, distortion: TemDistortion,
