@@ -158,3 +158,48 @@ def test_library_source_simulates_the_library_once(tmp_path):
                                                 "library": str(tmp_path / "none.h5")})
     with pytest.raises(InputError, match="not found"):
         train_from_config(missing, progress=False)
+
+
+def test_init_from_starts_a_new_run_from_trained_weights(tmp_path):
+    """model.init_from copies a checkpoint's EMA weights (or an exported model) into a new run;
+    a wrong architecture or a missing file is a clear error."""
+    first = train_from_config(tiny_config(tmp_path / "a", steps=2), progress=False)
+    _, tensors, _ = read_checkpoint(first)
+    ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+    second_cfg = tiny_config(tmp_path / "b", steps=1)
+    second_cfg["model"] = {**second_cfg["model"], "init_from": str(first)}
+    second = train_from_config(second_cfg, max_steps=0, progress=False)
+    _, tensors2, _ = read_checkpoint(second)
+    for k, v in ema.items():
+        assert torch.equal(tensors2["model." + k], v) and torch.equal(tensors2["ema." + k], v)
+    exported = export_model(first, "init-test", out_dir=tmp_path / "w")
+    third_cfg = tiny_config(tmp_path / "c", steps=1)
+    third_cfg["model"] = {**third_cfg["model"], "init_from": str(exported)}
+    train_from_config(third_cfg, max_steps=0, progress=False)
+    bad = tiny_config(tmp_path / "d", steps=1, model={"architecture": "dae",
+                                                      "config": {"filters": 4},
+                                                      "init_from": str(first)})
+    with pytest.raises(ConfigError, match="does not fit"):
+        train_from_config(bad, progress=False)
+    missing = tiny_config(tmp_path / "e", steps=1)
+    missing["model"] = {**missing["model"], "init_from": str(tmp_path / "nothing")}
+    with pytest.raises(InputError, match="init_from"):
+        train_from_config(missing, progress=False)
+
+
+def test_extra_libraries_join_the_training_set(tmp_path):
+    from emrestore.nn.train import _loader, load_config
+
+    libs = []
+    for name, n in (("main.h5", 3), ("extra.h5", 4)):
+        cfg = tiny_config(tmp_path / ("run-" + name), steps=1, batch_size=2,
+                          data={"source": "library", "library": str(tmp_path / name),
+                                "library_size": n, "image_size": [48, 48],
+                                "validation_size": 1, "sampler": {}})
+        train_from_config(cfg, max_steps=0, progress=False)
+        libs.append(cfg)
+    both = libs[0]
+    both["data"] = {**both["data"], "extra_libraries": [str(tmp_path / "extra.h5")]}
+    loader, held = _loader(load_config(both), 0)
+    # 3 - 1 held out from the main library, all 4 of the extra one
+    assert len(loader.dataset) == 2 + 4 and len(held) == 1

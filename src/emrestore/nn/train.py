@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 
 from ..errors import ConfigError, InputError
 from ..simulate.config import from_dict, load_toml, to_dict
@@ -52,10 +52,17 @@ from .normalise import DEFAULT_PARAMS, normalisation_card
 
 @dataclass(frozen=True)
 class ModelSection:
-    """``[model]``: architecture name (``unet``, ``cgrdn``, ``dae``) and its config table."""
+    """``[model]``: architecture name (``unet``, ``cgrdn``, ``dae``) and its config table.
+
+    init_from : weights that start a new run instead of a random initialisation (continued
+        training or fine-tuning on new data): a checkpoint folder written by training (its EMA
+        weights) or an exported ``.safetensors`` model. Ignored when the run resumes from its own
+        ``last`` checkpoint.
+    """
 
     architecture: str = "unet"
     config: dict = field(default_factory=dict)
+    init_from: str = ""
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,8 @@ class DataSection:
 
     source : "simulator" (stream from ``simulate_pair``), "library" (HDF5 file at ``library``)
         or "synthetic" (toy Gaussian lattice, for tests).
+    extra_libraries : more HDF5 libraries whose samples all join the training set (e.g. one
+        drawn with another sampler mix); validation stays on the last samples of ``library``.
     library_size : with source "library": simulate the library (``write_library``, seed
         ``seed``, ``max(1, workers)`` processes) up to this many pairs before training if the
         file holds fewer (resumable); 0: the file must exist.
@@ -83,6 +92,7 @@ class DataSection:
     resolution: str = "hr"
     image_size: tuple[int, int] = (256, 256)
     library: str = ""
+    extra_libraries: list = field(default_factory=list)
     library_size: int = 0
     sampler: dict = field(default_factory=dict)
     patch_size: int = 128
@@ -284,6 +294,25 @@ def _pair_fn(cfg: TrainConfig):
                               size=d.image_size, sampler=d.sampler)
 
 
+def _load_initial_weights(model: torch.nn.Module, source: str) -> None:
+    """Copy weights from a checkpoint folder (its EMA) or an exported .safetensors file."""
+    from safetensors.torch import load_file
+
+    path = Path(source)
+    if path.is_dir():
+        tensors = _sub(read_checkpoint(path)[1], "ema")
+    elif path.suffix == ".safetensors" and path.exists():
+        tensors = load_file(str(path), device="cpu")
+    else:
+        raise InputError(f"model.init_from: {source} is neither a checkpoint folder nor a "
+                         ".safetensors file")
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise ConfigError(f"model.init_from: {source} does not fit this architecture: {exc}") \
+            from exc
+
+
 def _loader(cfg: TrainConfig, start_step: int) -> tuple[DataLoader, Any]:
     d = cfg.data
     if d.source == "library":
@@ -300,6 +329,11 @@ def _loader(cfg: TrainConfig, start_step: int) -> tuple[DataLoader, Any]:
         held = nndata.LibraryDataset(d.library, patch_size=d.patch_size, seed=cfg.seed,
                                      augment=False, norm_params=d.normalisation,
                                      indices=list(range(n - n_val, n)))
+        extra = [nndata.LibraryDataset(path, patch_size=d.patch_size, seed=cfg.seed,
+                                       augment=d.augment, norm_params=d.normalisation)
+                 for path in d.extra_libraries]
+        if extra:
+            train = ConcatDataset([train, *extra])
         sampler = nndata.EpochSampler(len(train), seed=cfg.seed,
                                       start=start_step * cfg.batch_size)
         loader = DataLoader(train, batch_size=cfg.batch_size, sampler=sampler,
@@ -490,7 +524,11 @@ def train_from_config(path_or_dict, *, resume: bool = True, max_steps: int | Non
                            weight_decay=0.0)
 
     step, best, previous = 0, -math.inf, {}
-    if resume and (ckpt_dir / "last").exists():
+    resuming = resume and (ckpt_dir / "last").exists()
+    if cfg.model.init_from and not resuming:
+        _load_initial_weights(model, cfg.model.init_from)
+        ema.load_state_dict(model.state_dict())
+    if resuming:
         meta, tensors, state = read_checkpoint(ckpt_dir / "last")
         old = meta["config"]["model"]
         if (old["architecture"] != cfg.model.architecture
