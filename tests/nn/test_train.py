@@ -202,4 +202,13 @@ def test_extra_libraries_join_the_training_set(tmp_path):
     both["data"] = {**both["data"], "extra_libraries": [str(tmp_path / "extra.h5")]}
     loader, held = _loader(load_config(both), 0)
     # 3 - 1 held out from the main library, all 4 of the extra one
-    assert len(loader.dataset) == 2 + 4 and len(held) == 1
+    union = loader.dataset
+    assert len(union) == 2 + 4 and len(held) == 1
+    # virtual indices of later epochs reach every sample again, with new crops
+    first = [union[j]["input"] for j in range(6)]
+    second = [union[6 + j]["input"] for j in range(6)]
+    assert all(a.shape == b.shape for a, b in zip(first, second))
+    assert any(not torch.equal(a, b) for a, b in zip(first, second))
+    batches = iter(loader)
+    for _ in range(7):  # 7 batches of 2 cross two epochs of 6 samples
+        assert next(batches)["input"].shape[0] == 2

@@ -327,6 +327,31 @@ class LibraryDataset(Dataset):
                             stats=self._stats[i])
 
 
+class LibraryUnion(Dataset):
+    """Several :class:`LibraryDataset` as one, indexed by :class:`EpochSampler`'s virtual indices.
+
+    Virtual index ``j = e·N + r`` (epoch ``e``, ``N`` samples in all) goes to the library holding
+    ``r`` as that library's virtual index ``e·N_k + r_k``, so each epoch still draws new crops
+    (``torch.utils.data.ConcatDataset`` would need ``j < N`` and repeat the crops).
+    """
+
+    def __init__(self, libraries: list[LibraryDataset]):
+        if not libraries:
+            raise InputError("LibraryUnion needs at least one library")
+        self.libraries = list(libraries)
+        self.ends = np.cumsum([len(lib) for lib in self.libraries])
+
+    def __len__(self) -> int:
+        return int(self.ends[-1])
+
+    def __getitem__(self, j: int) -> dict[str, torch.Tensor]:
+        epoch, r = divmod(int(j), len(self))
+        k = int(np.searchsorted(self.ends, r, side="right"))
+        local = r - (int(self.ends[k - 1]) if k else 0)
+        lib = self.libraries[k]
+        return lib[epoch * len(lib) + local]
+
+
 class EpochSampler(Sampler):
     """Endless virtual indices ``e·N + perm_e[i]`` (a fresh permutation per epoch ``e``).
 

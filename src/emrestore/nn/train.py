@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import DataLoader
 
 from ..errors import ConfigError, InputError
 from ..simulate.config import from_dict, load_toml, to_dict
@@ -92,7 +92,7 @@ class DataSection:
     resolution: str = "hr"
     image_size: tuple[int, int] = (256, 256)
     library: str = ""
-    extra_libraries: list = field(default_factory=list)
+    extra_libraries: tuple[str, ...] = ()
     library_size: int = 0
     sampler: dict = field(default_factory=dict)
     patch_size: int = 128
@@ -333,7 +333,7 @@ def _loader(cfg: TrainConfig, start_step: int) -> tuple[DataLoader, Any]:
                                        augment=d.augment, norm_params=d.normalisation)
                  for path in d.extra_libraries]
         if extra:
-            train = ConcatDataset([train, *extra])
+            train = nndata.LibraryUnion([train, *extra])
         sampler = nndata.EpochSampler(len(train), seed=cfg.seed,
                                       start=start_step * cfg.batch_size)
         loader = DataLoader(train, batch_size=cfg.batch_size, sampler=sampler,
