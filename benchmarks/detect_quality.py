@@ -212,8 +212,9 @@ def speed(model, size: int, refine: bool):
         chans = image if net.config.in_channels == 1 else np.stack([image, image])
         detect_columns(net, chans[..., :256, :256])  # warm-up
         t0 = time.perf_counter()
-        pos, _, info = detect_columns(net, chans, threshold=card.get("decode", {}).get(
-            "threshold", 0.3))
+        decode = card.get("decode") or {}
+        pos, _, info = detect_columns(net, chans, threshold=decode.get("threshold", 0.3),
+                                      iou_threshold=decode.get("iou_threshold", 0.3))
         t_detect = time.perf_counter() - t0
         t_full = float("nan")
         if refine:

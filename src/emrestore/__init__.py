@@ -26,6 +26,7 @@ _LAZY = {
     "find_candidates": ("emrestore.atoms.detect", "find_candidates"),
     "refine_columns": ("emrestore.atoms.refine", "refine_columns"),
     "crlb_position": ("emrestore.atoms.uncertainty", "crlb_position"),
+    "find_atoms": ("emrestore.atoms.find", "find_atoms"),
 }
 
 __all__ = ["ConfigError", "EmrestoreError", "InputError", "__version__", *_LAZY]

@@ -66,6 +66,15 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="pixel size in Å (overrides the file's calibration)")
     atoms.add_argument("-o", "--output", required=True, help="output CSV table of columns")
     atoms.add_argument("--plot", default=None, help="optional PNG overlay of columns and strain")
+    atoms.add_argument("--method", choices=("auto", "network", "peaks"), default="auto",
+                       help="column detection: the atom-finder network, local maxima, or auto "
+                            "(network when a model is shipped)")
+    atoms.add_argument("--no-restore", action="store_true",
+                       help="detect on the raw image (default: on the stem-hr restoration)")
+    atoms.add_argument("--threshold", type=float, default=None,
+                       help="detection threshold (network confidence 0-1, or peak height)")
+    atoms.add_argument("--min-separation", type=float, default=None,
+                       help="minimum distance between two columns, px")
     atoms.set_defaults(handler=_run_atoms)
     return parser
 
@@ -124,17 +133,23 @@ def _run_models(args: argparse.Namespace) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> None:
-    from .nn.train import train_from_config
+    from .nn.atomnet_train import config_task
 
-    out = train_from_config(args.config, resume=not args.no_resume, max_steps=args.max_steps,
-                            device=args.device)
+    if config_task(args.config) == "atoms":
+        from .nn.atomnet_train import train_atomnet_from_config as train
+    else:
+        from .nn.train import train_from_config as train
+    out = train(args.config, resume=not args.no_resume, max_steps=args.max_steps,
+                device=args.device)
     print(f"training output in {out}")
 
 
 def _run_atoms(args: argparse.Namespace) -> None:
     from .atoms.report import atoms_command
 
-    atoms_command(args.image, pixel_size_A=args.pixel_size, output=args.output, plot=args.plot)
+    atoms_command(args.image, pixel_size_A=args.pixel_size, output=args.output, plot=args.plot,
+                  method=args.method, restore=not args.no_restore, threshold=args.threshold,
+                  min_separation_px=args.min_separation)
 
 
 def main(argv: list[str] | None = None) -> int:

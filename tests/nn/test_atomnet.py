@@ -295,6 +295,12 @@ def test_train_resume_export_and_zoo(tmp_path):
     assert [c["name"] for c in zoo.list_models(out, task="atoms")] == ["tiny-atoms"]
     assert zoo.list_models(out, task="restore") == []
     assert "[atoms]" in zoo.format_card(card2)
+    from emrestore.atoms.find import find_atoms
+
+    scene = SyntheticAtoms(size=(64, 64))(np.random.default_rng(8))
+    table = find_atoms(scene["image"], method="network", model=path, refine=False)
+    det = table.info["detection"]
+    assert det["method"] == "network" and det["threshold"] == card["decode"]["threshold"]
     with pytest.raises(ConfigError, match="different network"):
         train_atomnet_from_config(tiny_atoms_config(tmp_path, steps=6,
                                                     model={**TINY_NET, "widths": [8, 16]}),

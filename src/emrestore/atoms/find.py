@@ -246,9 +246,11 @@ def find_atoms(image, pixel_size: float | None = None, method: str = "auto",
             t = float((card.get("decode") or {}).get("threshold", 0.3)) if decode == "nms" \
                 else None
         params = (card.get("normalisation") or {}).get("params")
+        iou = float((card.get("decode") or {}).get("iou_threshold", 0.3))
         cand, scores, dinfo = detect_columns(net, chans, spacing_px=spacing_px, threshold=t,
                                              min_separation_px=min_separation_px, decode=decode,
-                                             device=device, norm_params=params)
+                                             iou_threshold=iou, device=device,
+                                             norm_params=params)
         detection.update({k: v for k, v in dinfo.items() if k != "confidence"})
         detection.update(method="network", model=str(card.get("name", model)), input=kind)
     else:

@@ -1,8 +1,9 @@
 """The ``emrestore atoms`` command: image file in, column table (CSV) and an overview figure out.
 
-Pipeline: read the image (:func:`emrestore.io.read_image`), find candidates with automatic
-defaults (:func:`find_candidates`), refine them jointly (:func:`refine_columns`, Poisson maximum
-likelihood only when the image holds raw counts), write the table atomically, and optionally a
+Pipeline: read the image (:func:`emrestore.io.read_image`), find and refine the columns with
+:func:`emrestore.atoms.find.find_atoms` (detection by the atom-finder network or local maxima,
+joint refinement on the raw counts, Poisson maximum likelihood only when the image holds raw
+counts), write the table atomically, and optionally a
 PNG with the columns over the image plus strain maps when a strain function is available
 (``strain_from_positions`` in :mod:`emrestore.atoms.lattice` or :mod:`emrestore.atoms.strain`).
 """
@@ -17,8 +18,7 @@ import numpy as np
 
 from ..errors import EmrestoreError, InputError
 from ..io import check_pixel_size, read_image, write_atomically
-from .detect import find_candidates
-from .refine import ColumnTable, refine_columns
+from .refine import ColumnTable
 
 __all__ = ["atoms_command", "plot_columns", "summarise"]
 
@@ -150,7 +150,10 @@ def atoms_command(
     pixel_size_A: float | None = None,
     output,
     plot=None,
-    method: str = "peaks",
+    method: str = "auto",
+    restore: bool = True,
+    threshold: float | None = None,
+    min_separation_px: float | None = None,
     widths: str = "same",
     verbose: bool = True,
 ) -> ColumnTable:
@@ -166,8 +169,10 @@ def atoms_command(
         CSV table to write (see :meth:`ColumnTable.to_csv` for the columns).
     plot : path, optional
         PNG overview to write.
-    method, widths :
-        Passed to :func:`find_candidates` and :func:`refine_columns`.
+    method, restore, threshold, min_separation_px, widths :
+        Passed to :func:`emrestore.atoms.find.find_atoms` ("auto": the atom-finder network when
+        one is shipped, else local maxima; ``restore``: detect on the stem-hr restoration when
+        that model is shipped; the positions are refined on the raw counts).
     verbose : bool
         Print a short summary.
 
@@ -195,13 +200,16 @@ def atoms_command(
         pixel = check_pixel_size(pixel_size_A, what="pixel size (--pixel-size)")
     else:
         pixel = file_pixel
-    candidates, info = find_candidates(image, method=method, return_info=True)
-    if len(candidates) == 0:
+    from .find import find_atoms
+
+    table = find_atoms(image, pixel_size=pixel, method=method, restore=restore,
+                       threshold=threshold, min_separation_px=min_separation_px, widths=widths)
+    if len(table) == 0:
         raise InputError(
             f"{src}: no atomic columns found (the image may be flat, or its columns dark on a "
             "bright background: invert TEM bright-field images first)"
         )
-    table = refine_columns(image, candidates, widths=widths, noise="auto", pixel_size_A=pixel)
+    info = dict(table.info.get("detection") or {})
     table.to_csv(output, protect=[src])
     if plot is not None:
         write_atomically(plot, lambda tmp: plot_columns(image, table, tmp), protect=[src])
@@ -209,5 +217,7 @@ def atoms_command(
         print(f"{src}: {image.shape[0]}×{image.shape[1]} px"
               + ("" if pixel is None else f", {pixel:.5g} Å/px"))
         print(summarise(table, info))
+        for note in table.info.get("notes") or []:
+            print(f"note: {note}")
         print(f"table written to {output}" + (f", figure to {plot}" if plot else ""))
     return table

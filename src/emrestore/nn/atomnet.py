@@ -342,7 +342,8 @@ def box_iou_same_size(dy, dx, side: float):
 
 def _greedy_suppress(points: np.ndarray, score: np.ndarray, reach: float, suppress) -> np.ndarray:
     """Indices (into ``points``, best first) kept by greedy NMS; ``suppress(dy, dx)`` says which
-    pairs closer than ``reach`` overlap."""
+    pairs closer than ``reach`` overlap. Only points with an overlapping neighbour enter the
+    (sequential) greedy pass."""
     from scipy.spatial import cKDTree
 
     order = np.argsort(-score, kind="stable")
@@ -358,10 +359,11 @@ def _greedy_suppress(points: np.ndarray, score: np.ndarray, reach: float, suppre
             i, j = i[hit], j[hit]
             srt = np.argsort(i, kind="stable")
             i, j = i[srt], j[srt]
-            starts = np.searchsorted(i, np.arange(n + 1))
-            for a in range(n):
-                if keep[a] and starts[a] < starts[a + 1]:
-                    keep[j[starts[a]:starts[a + 1]]] = False
+            sources, starts = np.unique(i, return_index=True)
+            ends = np.append(starts[1:], len(i))
+            for a, lo, hi in zip(sources.tolist(), starts.tolist(), ends.tolist()):
+                if keep[a]:
+                    keep[j[lo:hi]] = False
     return order[keep]
 
 
@@ -414,7 +416,9 @@ def decode_nms(conf, spacing_px: float, *, threshold: float = 0.3,
         keep = _greedy_suppress(pts, score, r,
                                 lambda dy, dx: dy * dy + dx * dx < r * r)
     else:
-        keep = _greedy_suppress(pts, score, s * math.sqrt(2.0),
+        # boxes overlap by IoU > t only if both offsets are below s (1 - t) / (1 + t)
+        reach = math.sqrt(2.0) * s * (1.0 - iou_threshold) / (1.0 + iou_threshold) + 1e-9
+        keep = _greedy_suppress(pts, score, reach,
                                 lambda dy, dx: box_iou_same_size(dy, dx, s) > iou_threshold)
     iy, ix, score = iy[keep], ix[keep], score[keep]
     pos = _subpixel(c, iy, ix) if subpixel else np.column_stack([iy, ix]).astype(np.float64)
@@ -518,7 +522,8 @@ def _run_network(model: AtomNet, x: torch.Tensor, tile: int, overlap: int
 @torch.no_grad()
 def detect_columns(model: AtomNet, image, *, spacing_px: float | None = None,
                    threshold: float | None = None, min_separation_px: float | None = None,
-                   decode: str = "nms", initial: str = "head", coarse_px: int = 384,
+                   decode: str = "nms", iou_threshold: float = 0.3, initial: str = "head",
+                   coarse_px: int = 384,
                    max_passes: int = 3, rescale_tolerance: float = 1.25, tile: int = 1024,
                    device: str | torch.device | None = None, norm_params: dict | None = None,
                    return_maps: bool = False) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -533,6 +538,7 @@ def detect_columns(model: AtomNet, image, *, spacing_px: float | None = None,
     min_separation_px : optional minimum distance between columns in the image's pixels
         (replaces the box NMS).
     decode : "nms" (seed 004) or "otsu" (seed 003).
+    iou_threshold : NMS overlap above which the weaker box goes (seed 004: 0.3).
     initial : first spacing estimate: "head" (the spacing head on a central ``coarse_px`` crop at
         the native scale) or "autocorrelation" (:func:`emrestore.atoms.detect.
         estimate_lattice_spacing`, with the head as fallback).
@@ -622,7 +628,8 @@ def detect_columns(model: AtomNet, image, *, spacing_px: float | None = None,
         t = 0.3 if threshold is None else float(threshold)
         min_sep = None if min_separation_px is None else float(min_separation_px) * math.sqrt(
             ky * kx)
-        pos, score = decode_nms(conf.cpu(), s_res, threshold=t, min_separation_px=min_sep)
+        pos, score = decode_nms(conf.cpu(), s_res, threshold=t, min_separation_px=min_sep,
+                                iou_threshold=iou_threshold)
     else:
         pos, score = decode_otsu(conf.cpu(), threshold=threshold)
         t = threshold

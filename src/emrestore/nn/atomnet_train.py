@@ -157,7 +157,7 @@ class AtomDataSection:
 
     source: str = "simulator"
     library: str = ""
-    extra_libraries: list = field(default_factory=list)
+    extra_libraries: tuple[str, ...] = ()
     library_size: int = 0
     modality: str = "stem"
     resolution: str = "hr"
@@ -173,7 +173,7 @@ class AtomDataSection:
     visible_fraction: float = 0.2
     visible_radius_A: float = 2.0
     min_columns: int = 4
-    min_spacing_A: float = 1.0
+    min_spacing_A: float = 1.2
     spacing_px: tuple[float, float] = (2.5, 96.0)
     kinds: tuple[str, ...] = ("crystal", "nanoparticle", "points")
     crystalline_support: bool = False
@@ -219,7 +219,9 @@ class AtomTrainConfig:
     steps : optimiser steps. batch_size : crops per step. val_every, checkpoint_every, log_every :
     in steps. device : "auto", "cpu", "cuda", ... amp : "auto", "bf16", "fp16" or "off".
     threads : CPU threads (0: all). init_from : a checkpoint folder or .safetensors file that
-    starts a new run (fine-tuning). thresholds : confidence thresholds tried at validation.
+    starts a new run (fine-tuning). thresholds, iou_thresholds : the confidence thresholds and
+    NMS overlaps tried at validation; the best pair goes into the model card (seed 004 uses an
+    IoU of 0.3, which merges columns closer than about half the spacing).
     """
 
     task: str = "atoms"
@@ -236,6 +238,7 @@ class AtomTrainConfig:
     threads: int = 0
     init_from: str = ""
     thresholds: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6)
+    iou_thresholds: tuple[float, ...] = (0.3, 0.5)
     model: AtomNetConfig = field(default_factory=AtomNetConfig)
     loss: AtomLossSection = field(default_factory=AtomLossSection)
     data: AtomDataSection = field(default_factory=AtomDataSection)
@@ -252,6 +255,8 @@ class AtomTrainConfig:
             raise ConfigError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
         if not self.thresholds or not all(0.0 <= t < 1.0 for t in self.thresholds):
             raise ConfigError(f"thresholds must be confidences in [0, 1), got {self.thresholds}")
+        if not self.iou_thresholds or not all(0.0 < t < 1.0 for t in self.iou_thresholds):
+            raise ConfigError(f"iou_thresholds must lie in (0, 1), got {self.iou_thresholds}")
         want = 2 if self.data.input == "both" else 1
         if self.model.in_channels != want:
             raise ConfigError(f"data.input = {self.data.input!r} gives {want} channel(s), but "
@@ -394,9 +399,13 @@ def make_atom_example(channels: np.ndarray, positions: np.ndarray, visible: np.n
     else:
         target_s = canonical * math.exp(uniform(rng, (-math.log(data.scale_jitter),
                                                       math.log(data.scale_jitter))))
-    size = scaled_size((h, w), target_s / spacing_px)
+    # the resampling inference allows: at most 4x up, 64x down
+    factor = float(np.clip(target_s / spacing_px, 1.0 / 64.0, 4.0))
+    size = scaled_size((h, w), factor)
     x = resample(torch.from_numpy(np.ascontiguousarray(channels))[None], size)[0].numpy()
     s_res = spacing_px * math.sqrt(size[0] / h * size[1] / w)
+    if rng is not None and conf_on and not band[0] <= s_res <= band[1]:
+        conf_on = 0.0
     pos = to_resampled(np.asarray(positions, float).reshape(-1, 2), (h, w), size)
     p = data.patch_size
     canvas = np.zeros((c, p, p), np.float32)
@@ -759,18 +768,21 @@ def _validation_items(cfg: AtomTrainConfig, held: list[tuple], source=None, rest
 
 @torch.no_grad()
 def evaluate_atoms(model: AtomNet, items: list[dict[str, Any]], *, device,
-                   thresholds=(0.3,), coarse_px: int = 384) -> dict[str, float]:
+                   thresholds=(0.3,), iou_thresholds=(0.3,), coarse_px: int = 384
+                   ) -> dict[str, float]:
     """Validation scores of an atom finder.
 
     ``val_f1``: column-detection F1 (counts pooled over the images, matching radius 0.25 ×
-    spacing, invisible columns and the border band ignored) at the best of ``thresholds``, with
+    spacing, invisible columns and the border band ignored) at the best pair of ``thresholds`` and
+    NMS ``iou_thresholds`` (``val_threshold``, ``val_iou_threshold``), with
     every image resampled to the canonical spacing from its true spacing and the boxes sized by
     the spacing head. ``val_spacing_log_err``: mean |log(predicted / true spacing)| of the
     spacing head on a central crop at the image's native scale (the coarse pass of inference).
     """
     model.eval()
     canonical = model.config.canonical_spacing_px
-    counts = np.zeros((len(thresholds), 3))
+    grid = [(t, u) for t in thresholds for u in iou_thresholds]
+    counts = np.zeros((len(grid), 3))
     log_err = []
     for item in items:
         x = item["x"]
@@ -785,8 +797,8 @@ def evaluate_atoms(model: AtomNet, items: list[dict[str, Any]], *, device,
         conf = torch.sigmoid(logits[0, 0]).float().cpu()
         s_pred = canonical * math.exp(float(log_s[0]))
         box = float(np.clip(s_pred, 0.5 * canonical, 2.0 * canonical))
-        for t_i, t in enumerate(thresholds):
-            pos, _ = decode_nms(conf, box, threshold=t)
+        for t_i, (t, u) in enumerate(grid):
+            pos, _ = decode_nms(conf, box, threshold=t, iou_threshold=u)
             pos = from_resampled(pos, (h, w), size) if len(pos) else pos
             counts[t_i] += detection_counts(pos, item["truth"], 0.25 * item["spacing"],
                                             ignore=item["hidden"], shape=(h, w),
@@ -794,10 +806,11 @@ def evaluate_atoms(model: AtomNet, items: list[dict[str, Any]], *, device,
     tp, fp, fn = counts.T
     f1 = np.where(tp > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
     best = int(np.argmax(f1))
-    out = {"val_f1": float(f1[best]), "val_threshold": float(thresholds[best]),
+    out = {"val_f1": float(f1[best]), "val_threshold": float(grid[best][0]),
+           "val_iou_threshold": float(grid[best][1]),
            "val_spacing_log_err": float(np.mean(log_err)) if log_err else float("nan")}
-    for t, v in zip(thresholds, f1):
-        out[f"val_f1@{t:g}"] = float(v)
+    for (t, u), v in zip(grid, f1):
+        out[f"val_f1@{t:g}/{u:g}"] = float(v)
     return out
 
 
@@ -829,7 +842,8 @@ def atom_loss(logits: torch.Tensor, log_spacing: torch.Tensor, batch: dict[str, 
 
 
 _LOG_FIELDS = ("step", "lr", "loss", "conf_loss", "spacing_loss", "grad_norm", "val_f1",
-               "val_threshold", "val_spacing_log_err", "examples_per_s", "elapsed_s")
+               "val_threshold", "val_iou_threshold", "val_spacing_log_err", "examples_per_s",
+               "elapsed_s")
 
 
 def _source(cfg: AtomTrainConfig):
@@ -1041,17 +1055,20 @@ def train_atomnet_from_config(path_or_dict, *, resume: bool = True, max_steps: i
 
             row: dict[str, Any] = {}
             if step % cfg.val_every == 0 or step == end:
-                scores = evaluate_atoms(ema, val, device=dev, thresholds=cfg.thresholds)
+                scores = evaluate_atoms(ema, val, device=dev, thresholds=cfg.thresholds,
+                                        iou_thresholds=cfg.iou_thresholds)
                 metrics.update(scores, val_step=step)
                 row.update(val_f1=f"{scores['val_f1']:.4f}",
                            val_threshold=f"{scores['val_threshold']:g}",
+                           val_iou_threshold=f"{scores['val_iou_threshold']:g}",
                            val_spacing_log_err=f"{scores['val_spacing_log_err']:.4f}")
                 bar.set_postfix(loss=f"{running['loss'] / n_running:.4g}",
                                 f1=f"{scores['val_f1']:.3f}")
                 if scores["val_f1"] > best:
                     best = scores["val_f1"]
                     metrics.update(best_val_f1=best, best_step=step,
-                                   best_threshold=scores["val_threshold"])
+                                   best_threshold=scores["val_threshold"],
+                                   best_iou_threshold=scores["val_iou_threshold"])
                     checkpoint("best")
             if step % cfg.log_every == 0 or row or step == end:
                 now = time.perf_counter()
@@ -1080,7 +1097,7 @@ def train_atomnet_from_config(path_or_dict, *, resume: bool = True, max_steps: i
 def export_atomnet(checkpoint: str | os.PathLike, name: str = "atoms-hr", *,
                    out_dir: str | os.PathLike | None = None, use_ema: bool = True,
                    metrics: dict | None = None, description: str = "",
-                   threshold: float | None = None) -> Path:
+                   threshold: float | None = None, iou_threshold: float | None = None) -> Path:
     """Write ``<name>.safetensors`` and the card ``<name>.json`` (``"task": "atoms"``).
 
     Parameters
@@ -1091,8 +1108,8 @@ def export_atomnet(checkpoint: str | os.PathLike, name: str = "atoms-hr", *,
     use_ema : export the EMA weights (default).
     metrics : extra measured metrics for the card (e.g. the detect_quality benchmark's).
     description : one line for ``emrestore models``.
-    threshold : the default confidence threshold stored in the card; default the best one of
-        the checkpoint's validation (0.3 when there is none).
+    threshold, iou_threshold : the default confidence threshold and NMS overlap stored in the
+        card; default the best pair of the checkpoint's validation (else 0.3 and 0.3).
 
     Returns the path of the safetensors file.
     """
@@ -1122,6 +1139,8 @@ def export_atomnet(checkpoint: str | os.PathLike, name: str = "atoms-hr", *,
     found = meta.get("metrics", {})
     if threshold is None:
         threshold = float(found.get("best_threshold") or found.get("val_threshold") or 0.3)
+    if iou_threshold is None:
+        iou_threshold = float(found.get("best_iou_threshold") or 0.3)
     d = cfg.data
     card = {
         "name": name,
@@ -1140,7 +1159,8 @@ def export_atomnet(checkpoint: str | os.PathLike, name: str = "atoms-hr", *,
         "input": d.input,
         "restore_model": d.restore_model if d.input != "raw" else None,
         "output": "confidence map (0-1) and column spacing; decoded to column positions",
-        "decode": {"method": "nms", "threshold": float(threshold), "iou_threshold": 0.3},
+        "decode": {"method": "nms", "threshold": float(threshold),
+                   "iou_threshold": float(iou_threshold)},
         "visible_fraction": d.visible_fraction,
         "normalisation": normalisation_card(**d.normalisation),
         "min_size_px": model.min_size_px,
@@ -1182,7 +1202,8 @@ def atomnet_from_checkpoint(checkpoint: str | os.PathLike, *, use_ema: bool = Tr
     found = meta.get("metrics", {})
     card = {"name": str(checkpoint), "task": "atoms", "input": cfg.data.input,
             "restore_model": cfg.data.restore_model if cfg.data.input != "raw" else None,
-            "decode": {"method": "nms", "threshold": float(found.get("best_threshold") or 0.3)},
+            "decode": {"method": "nms", "threshold": float(found.get("best_threshold") or 0.3),
+                       "iou_threshold": float(found.get("best_iou_threshold") or 0.3)},
             "normalisation": normalisation_card(**cfg.data.normalisation),
             "metrics": found, "training": {"steps": int(meta["step"])}}
     return model.eval().requires_grad_(False).to(device), card
