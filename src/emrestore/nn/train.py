@@ -724,6 +724,7 @@ def export_model(checkpoint: str | os.PathLike, name: str, *, out_dir: str | os.
     tmp = st_path.with_name(st_path.name + ".tmp")
     sd = _plain_state(model.state_dict())
     save_file(sd, str(tmp), metadata={"name": name, "architecture": cfg.model.architecture})
+    os.chmod(tmp, 0o644)  # shipped inside the package: readable by every user
     tmp.replace(st_path)
     digest = hashlib.sha256(st_path.read_bytes()).hexdigest()
     from .. import __version__
@@ -768,5 +769,6 @@ def export_model(checkpoint: str | os.PathLike, name: str, *, out_dir: str | os.
     card_path = out / f"{name}.json"
     tmp = card_path.with_name(card_path.name + ".tmp")
     tmp.write_text(json.dumps(card, indent=2, default=_json_default) + "\n")
+    os.chmod(tmp, 0o644)
     tmp.replace(card_path)
     return st_path
