@@ -393,3 +393,9 @@ def test_restore_command_refuses_a_preview_over_the_input(tmp_path):
         with pytest.raises(InputError, match="input"):
             restore_command(src, tmp_path / "a.tif", model=tiny(), normaliser=NORM)
     assert src.read_bytes() == before
+
+
+def test_a_constant_frame_comes_back_unchanged():
+    x = np.full((70, 90), 5.0, dtype=np.float32)
+    y = run(x, tile=48)
+    assert np.array_equal(y, x)

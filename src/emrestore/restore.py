@@ -452,6 +452,12 @@ def _restore_frame(frame: np.ndarray, out: np.ndarray, module, spec: ModelSpec, 
     """Restore one float32 frame into ``out``; returns the mean gain applied (NaN if none)."""
     floor = float(frame.min())
     mean_in = float(frame.mean(dtype=np.float64))
+    if float(frame.max()) == floor:
+        # a constant frame holds no structure to restore; a network would only invent some
+        out[...] = frame
+        if bar is not None:
+            bar.update(_count_tiles(*frame.shape, spec, tile, overlap, margin))
+        return math.nan
     x_n, offset, scale = normalise(frame)
     x_n = np.asarray(x_n, dtype=np.float32)
     if x_n.shape != frame.shape:
