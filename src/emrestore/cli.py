@@ -76,6 +76,10 @@ def _build_parser() -> argparse.ArgumentParser:
     atoms.add_argument("--min-separation", type=float, default=None,
                        help="minimum distance between two columns, px")
     atoms.set_defaults(handler=_run_atoms)
+
+    from .evaluate.report import add_benchmark_parser
+
+    add_benchmark_parser(sub)
     return parser
 
 

@@ -10,7 +10,8 @@ any of them.
   images being scored.
 - :func:`median_filter`: square median window.
 - :func:`wiener_filter`: the local adaptive Wiener filter (:func:`scipy.signal.wiener`) with the
-  noise variance measured on the image (:func:`emrestore.atoms.detect.estimate_noise_std`).
+  noise variance measured on the image (:func:`emrestore.atoms.detect.estimate_noise_std`, with a
+  fallback for sparse counts).
 - :func:`nlm_filter`: non-local means (:func:`skimage.restoration.denoise_nl_means`) with the noise
   level from :func:`skimage.restoration.estimate_sigma`.
 - :func:`bm3d_filter`: BM3D (PyPI ``bm3d``, optional) on the Anscombe transform of the counts,
@@ -47,6 +48,21 @@ DEFAULT_SIGMAS_PX = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
 
 def _as_float(image) -> np.ndarray:
     return check_image(image).astype(np.float64)
+
+
+def _noise_std(im: np.ndarray) -> float:
+    """Pixel noise σ: the robust wavelet (MAD) estimate, or, for sparse counts where more than
+    half of the wavelet coefficients are 0 (and the MAD is 0), their plain standard deviation."""
+    from ..atoms.detect import estimate_noise_std
+
+    sigma = estimate_noise_std(im)
+    if sigma > 0:
+        return float(sigma)
+    h, w = (im.shape[0] // 2) * 2, (im.shape[1] // 2) * 2
+    if h < 2 or w < 2:
+        return 0.0
+    d = (im[0:h:2, 0:w:2] - im[0:h:2, 1:w:2] - im[1:h:2, 0:w:2] + im[1:h:2, 1:w:2]) / 2.0
+    return float(np.std(d))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -99,35 +115,38 @@ def median_filter(image, size_px: int = 3) -> np.ndarray:
 def wiener_filter(image, size_px: int = 5, noise_std: float | None = None) -> np.ndarray:
     """Local adaptive Wiener filter (:func:`scipy.signal.wiener`).
 
-    ``noise_std`` (image units) defaults to the robust wavelet estimate of the pixel noise, so that
-    the filter smooths flat regions and leaves the columns' edges where the local variance exceeds
+    ``noise_std`` (image units) defaults to the wavelet estimate of the pixel noise, so that the
+    filter smooths flat regions and leaves the columns' edges where the local variance exceeds
     the noise.
     """
     from scipy.signal import wiener
 
-    from ..atoms.detect import estimate_noise_std
-
     im = _as_float(image)
-    noise = estimate_noise_std(im) if noise_std is None else float(noise_std)
+    noise = _noise_std(im) if noise_std is None else float(noise_std)
     size = int(size_px)
     if size < 1:
         raise InputError(f"size_px must be a positive window size, got {size_px!r}")
     if noise <= 0:
         return im.astype(np.float32)
-    return wiener(im, mysize=size, noise=noise * noise).astype(np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):  # flat windows: 0/0, replaced below
+        out = wiener(im, mysize=size, noise=noise * noise)
+    return np.where(np.isfinite(out), out, im).astype(np.float32)
 
 
 def nlm_filter(image, *, patch_size: int = 5, patch_distance: int = 6,
                h_factor: float = 0.8) -> np.ndarray:
     """Non-local means with the noise level estimated from the image.
 
-    ``h = h_factor × σ_noise`` with σ from :func:`skimage.restoration.estimate_sigma`; the image
-    is processed in its own units.
+    ``h = h_factor × σ_noise`` with σ from :func:`skimage.restoration.estimate_sigma` (or, for
+    sparse counts where that robust estimate is 0, the wavelet coefficients' standard deviation);
+    the image is processed in its own units.
     """
     from skimage.restoration import denoise_nl_means, estimate_sigma
 
     im = _as_float(image)
     sigma = float(estimate_sigma(im))
+    if not sigma > 0:
+        sigma = _noise_std(im)
     if not sigma > 0:
         return im.astype(np.float32)
     out = denoise_nl_means(im, h=h_factor * sigma, sigma=sigma, patch_size=int(patch_size),
@@ -165,30 +184,32 @@ def inverse_anscombe_unbiased(d) -> np.ndarray:
 def estimate_gain_offset(image, *, bins: int = 24) -> tuple[float, float]:
     """Detector gain (image units per detected electron) and offset (image units) of an image.
 
-    An integer image whose noise variance matches its mean is taken as raw counts (gain 1,
-    offset 0). Otherwise the noise variance is measured against the local mean: pixels are binned
-    by the mean of their 2×2 block, the variance of the finest diagonal wavelet coefficient
-    ``(a − b − c + d)/2`` (insensitive to smooth structure) is taken per bin, and a straight line
-    ``var = gain × (mean − offset)`` is fitted (Poisson shot noise scaled by the gain). Correlated
-    noise (fast-scan blur) lowers the measured variance and hence the gain: pass a calibration
-    when you have one.
+    The noise variance is measured against the local mean: pixels are binned by the mean of
+    their 2×2 block, the variance of the finest diagonal wavelet coefficient ``(a − b − c + d)/2``
+    (insensitive to smooth structure; the largest 1 % are dropped against zingers) is taken per
+    bin, and a straight line ``var = gain × (mean − offset)`` is fitted (shot noise scaled by the
+    gain). Raw counts give gain ≈ 1 and offset ≈ 0. Correlated noise (fast-scan blur) lowers the
+    measured variance and hence the gain: pass a calibration when you have one.
 
     Returns
     -------
     gain, offset : float
+
+    Raises
+    ------
+    InputError
+        Too small or too flat an image, or noise that does not grow with the signal.
     """
     from ..atoms.detect import looks_like_counts
 
     im = _as_float(image)
-    if looks_like_counts(im):
-        return 1.0, 0.0
     h, w = (im.shape[0] // 2) * 2, (im.shape[1] // 2) * 2
     if h < 4 or w < 4:
         raise InputError(f"image of shape {im.shape} is too small to estimate a detector gain")
     a, b = im[0:h:2, 0:w:2], im[0:h:2, 1:w:2]
     c, e = im[1:h:2, 0:w:2], im[1:h:2, 1:w:2]
     mean = ((a + b + c + e) / 4.0).ravel()
-    det = ((a - b - c + e) / 2.0).ravel()
+    det2 = (((a - b - c + e) / 2.0) ** 2).ravel()
     edges = np.unique(np.quantile(mean, np.linspace(0.02, 0.98, bins + 1)))
     which = np.digitize(mean, edges[1:-1])
     mx, vy, wt = [], [], []
@@ -196,20 +217,19 @@ def estimate_gain_offset(image, *, bins: int = 24) -> tuple[float, float]:
         sel = which == k
         if sel.sum() < 20:
             continue
-        dk = det[sel]
-        # robust variance (MAD), insensitive to the odd zinger
-        mad = np.median(np.abs(dk - np.median(dk))) / 0.6745
-        mx.append(float(np.median(mean[sel])))
-        vy.append(float(mad * mad))
+        dk = np.sort(det2[sel])[: max(1, int(0.99 * sel.sum()))]
+        mx.append(float(np.mean(mean[sel])))
+        vy.append(float(np.mean(dk)))
         wt.append(float(sel.sum()))
-    if len(mx) < 3 or np.ptp(mx) <= 0:
-        raise InputError("cannot estimate a detector gain: the image has too little contrast")
-    slope, intercept = np.polyfit(np.array(mx), np.array(vy), 1, w=np.sqrt(np.array(wt)))
+    slope = 0.0
+    if len(mx) >= 3 and np.ptp(mx) > 0:
+        slope, intercept = np.polyfit(np.array(mx), np.array(vy), 1, w=np.sqrt(np.array(wt)))
     if not slope > 0:
-        raise InputError("cannot estimate a detector gain: the noise does not grow with the signal "
-                         "(not shot-noise limited); pass gain and offset")
-    offset = -intercept / slope
-    offset = min(offset, float(np.percentile(im, 0.1)))
+        if looks_like_counts(im):
+            return 1.0, 0.0
+        raise InputError("cannot estimate a detector gain: the noise does not grow with the "
+                         "signal (too flat, or not shot-noise limited); pass gain and offset")
+    offset = min(-intercept / slope, float(np.percentile(im, 0.1)))
     return float(slope), float(offset)
 
 

@@ -160,7 +160,7 @@ def _table_rows(agg: Sequence[dict], first: str) -> tuple[list[str], list[list[s
         cells = [_fmt(a[key], spec), a["workflow"]]
         for col, _, fmt in _TABLE:
             v = a[col]
-            if a["workflow"] == REFERENCE and col in ("psnr_db", "ssim", "seconds"):
+            if a["workflow"] == REFERENCE and col in ("psnr_db", "ssim", "seconds", "crlb_pm"):
                 v = float("nan")
             cells.append(_fmt(v, fmt))
         body.append(cells)
@@ -205,8 +205,9 @@ def markdown_tables(result: BenchmarkResult) -> str:
     parts = ["# emrestore benchmark", ""]
     parts += _summary_lines(result, markdown=True)
     if "dose" in agg:
-        parts += ["", "## Dose series (mean over materials and images)", "",
-                  _markdown(*_table_rows(agg["dose"], "dose"))]
+        parts += ["", "## Dose series (mean over materials and images)", ""]
+        parts += [f"- {line}" for line in headline_lines(result.rows)]
+        parts += ["", _markdown(*_table_rows(agg["dose"], "dose"))]
         per_mat = aggregate(_series(result.rows, "dose"),
                             by=("material", "workflow", "dose_e_per_A2"))
         materials = sorted({a["material"] for a in per_mat})
@@ -250,6 +251,40 @@ def _summary_lines(result: BenchmarkResult, markdown: bool) -> list[str]:
     lines.append(f"Run time {result.seconds:.0f} s.")
     if markdown:
         return [line + "  " for line in lines]
+    return lines
+
+
+def headline_lines(rows: Sequence[dict]) -> list[str]:
+    """One sentence per dose: the workflow with the lowest strain error and position RMSE,
+    against the raw image and the infinite-dose floor (dose series, mean over images)."""
+    sel = _series(rows, "dose")
+    if not sel:
+        return []
+    agg = aggregate(sel, by=("workflow", "dose_e_per_A2"))
+    lines = []
+    for dose in sorted({a["dose_e_per_A2"] for a in agg}):
+        mine = {a["workflow"]: a for a in agg if a["dose_e_per_A2"] == dose}
+        cands = {w: a for w, a in mine.items() if w != REFERENCE}
+
+        def strain(a):
+            return np.nanmean([a["strain_a_pct"], a["strain_b_pct"]])
+
+        ok = {w: a for w, a in cands.items() if np.isfinite(strain(a))}
+        if not ok:
+            continue
+        best = min(ok, key=lambda w: strain(ok[w]))
+        text = f"{dose:g} e⁻/Å²: lowest strain error {best} {strain(ok[best]):.2f} %"
+        if "raw" in ok and best != "raw":
+            text += f" (raw {strain(ok['raw']):.2f} %)"
+        if REFERENCE in mine and np.isfinite(strain(mine[REFERENCE])):
+            text += f", infinite dose {strain(mine[REFERENCE]):.2f} %"
+        f1 = {w: a["f1"] for w, a in cands.items() if np.isfinite(a["f1"])}
+        if f1:
+            top = max(f1, key=f1.get)
+            text += f"; best F1 {top} {f1[top]:.2f}"
+            if "raw" in f1 and top != "raw":
+                text += f" (raw {f1['raw']:.2f})"
+        lines.append(text + ".")
     return lines
 
 
@@ -394,8 +429,7 @@ def figure_metrics_vs_dose(rows, path: Path, workflows: Sequence[str]) -> Path |
                 ax.plot(x, y, label=wf, ms=5, lw=2 if wf in ("raw", "gaussian") else 1.3,
                         **style[wf])
         if key == "rmse_pm":
-            x, y = _curve(agg, workflows[0] if workflows else REFERENCE, "dose_e_per_A2",
-                          "crlb_pm")
+            x, y = _crlb_curve(agg, "dose_e_per_A2")
             if x.size:
                 ax.plot(x, y, color="0.3", ls=":", lw=2, label="CRLB (Poisson)")
             ax.set_yscale("log")
@@ -410,17 +444,27 @@ def figure_metrics_vs_dose(rows, path: Path, workflows: Sequence[str]) -> Path |
     return _save(fig, path)
 
 
+def _crlb_curve(agg, xkey):
+    """The CRLB over every column the infinite-dose fit found (else over the raw matches)."""
+    for wf in (REFERENCE, "raw"):
+        x, y = _curve(agg, wf, xkey, "crlb_pm")
+        if x.size and np.isfinite(y).any():
+            return x, y
+    return np.zeros(0), np.zeros(0)
+
+
 def figure_precision_vs_thickness(rows, path: Path, workflows: Sequence[str]) -> Path | None:
-    """Position RMSE against the CRLB, and SCS error, vs thickness (Lobato Fig. 3)."""
+    """Position RMSE against the CRLB, detection and SCS error vs thickness (Lobato Fig. 3)."""
     sel = _series(rows, "thickness")
     if not sel:
         return None
     plt = _plt()
     agg = aggregate(sel, by=("workflow", "thickness_nm"))
     style = _style([*workflows, REFERENCE])
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
-    for ax, (key, label) in zip(axes, (("rmse_pm", "position error, RMSE (pm)"),
-                                       ("scs_mape_pct", "SCS error, MAPE (%)"))):
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    panels = (("rmse_pm", "position error, RMSE (pm)"), ("f1", "F1 (column detection)"),
+              ("scs_mape_pct", "SCS error, MAPE (%)"))
+    for ax, (key, label) in zip(axes, panels):
         for wf in [*workflows, REFERENCE]:
             x, y = _curve(agg, wf, "thickness_nm", key)
             if not x.size or not np.isfinite(y).any():
@@ -431,8 +475,7 @@ def figure_precision_vs_thickness(rows, path: Path, workflows: Sequence[str]) ->
                 ax.plot(x, y, label=wf, ms=5, lw=2 if wf in ("raw", "gaussian") else 1.3,
                         **style[wf])
         if key == "rmse_pm":
-            x, y = _curve(agg, workflows[0] if workflows else REFERENCE, "thickness_nm",
-                          "crlb_pm")
+            x, y = _crlb_curve(agg, "thickness_nm")
             if x.size:
                 ax.plot(x, y, color="black", ls=":", lw=2.5, label="CRLB (Poisson)")
         _log_ticks(ax, sorted({a["thickness_nm"] for a in agg}))
@@ -441,6 +484,8 @@ def figure_precision_vs_thickness(rows, path: Path, workflows: Sequence[str]) ->
         ax.grid(True, which="both", alpha=0.3)
         if key == "scs_mape_pct":
             ax.set_yscale("log")
+        elif key == "f1":
+            ax.set_ylim(0, 1.02)
         else:
             ax.set_ylim(bottom=0)
     dose = sel[0]["dose_e_per_A2"]
@@ -706,9 +751,11 @@ _CAPTIONS = {
         "noise and scan jitter keep the raw curve above it."),
     "precision_vs_thickness": (
         "Precision vs thickness against the CRLB (Lobato et al. 2023, Fig. 3)",
-        "Pure Poisson noise, so the dotted CRLB is the best any unbiased fit of the raw image "
-        "can do. A restoration can go below it only by bringing in prior knowledge; check the "
-        "SCS panel to see whether that knowledge biased the intensities."),
+        "A perfect crystal with pure Poisson noise, so the dotted CRLB is the best any unbiased "
+        "fit of the raw image can do. Thin crystals give few counts per column: look at F1 "
+        "first (a position error is only measured on the columns that were found). A "
+        "restoration can go below the CRLB only by bringing in prior knowledge; the SCS panel "
+        "shows whether that knowledge biased the intensities."),
     "line_profile": (
         "Line profile through neighbouring columns (Gambini et al. 2023, Fig. 2)",
         "Intensity along the yellow line (3 px wide). Dotted lines mark the true columns with "
@@ -745,7 +792,8 @@ def _html_page(result: BenchmarkResult, figures: dict[str, list[Path]], out: Pat
              "td:nth-child(2),th:nth-child(2){text-align:left}"
              "figure{margin:2em 0}img{max-width:100%;border:1px solid #ccc}"
              "figcaption{font-size:14px;color:#333;max-width:1000px}"
-             "code{background:#f4f4f4;padding:1px 4px}</style></head><body>",
+             "code{background:#f4f4f4;padding:1px 4px}summary{cursor:pointer;margin:.4em 0}"
+             "</style></head><body>",
              "<h1>emrestore benchmark</h1>"]
     parts += [f"<p>{esc(line)}</p>" for line in _summary_lines(result, markdown=False)]
     if command:
@@ -755,9 +803,21 @@ def _html_page(result: BenchmarkResult, figures: dict[str, list[Path]], out: Pat
                  '<a href="results_per_image.csv">results_per_image.csv</a>; settings: '
                  '<a href="benchmark.json">benchmark.json</a>.</p>')
     if "dose" in agg:
-        parts.append("<h2>Dose series</h2><p>Mean over materials and images. Lower is better "
-                     "for Chamfer, RMSE, strain and SCS error; higher for the rest.</p>")
+        parts.append("<h2>Dose series</h2>")
+        heads = headline_lines(result.rows)
+        if heads:
+            parts.append("<ul>" + "".join(f"<li>{esc(h)}</li>" for h in heads) + "</ul>")
+        parts.append("<p>Mean over materials and images. Lower is better for Chamfer, RMSE, "
+                     "strain and SCS error; higher for the rest.</p>")
         parts.append(_html_table(*_table_rows(agg["dose"], "dose")))
+        per_mat = aggregate(_series(result.rows, "dose"),
+                            by=("material", "workflow", "dose_e_per_A2"))
+        materials = sorted({a["material"] for a in per_mat})
+        if len(materials) > 1:
+            for mat in materials:
+                mine = [a for a in per_mat if a["material"] == mat]
+                parts.append(f"<details><summary>{esc(mat)} alone</summary>"
+                             f"{_html_table(*_table_rows(mine, 'dose'))}</details>")
     if "image" in agg:
         parts.append("<h2>Your images</h2>")
         parts.append(_html_table(*_table_rows(agg["image"], "image")))
@@ -779,7 +839,7 @@ def _html_page(result: BenchmarkResult, figures: dict[str, list[Path]], out: Pat
     return "\n".join(parts) + "\n"
 
 
-def screenshot(index_html: Path, png: Path, *, width: int = 1300, height: int = 5000,
+def screenshot(index_html: Path, png: Path, *, width: int = 1300, height: int = 9000,
                timeout_s: float = 90.0) -> Path | None:
     """Screenshot of a page with a headless Chromium/Chrome, or None when none is installed."""
     exe = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome",
@@ -850,7 +910,10 @@ def write_report(result: BenchmarkResult, out_dir, *, command: str | None = None
         add("gallery", figure_gallery(show, fig_dir / f"gallery_{slug}.png", names))
     index = _write_text(out / "index.html", _html_page(result, figures, out, command))
     if take_screenshot:
-        screenshot(index, out / "index.png")
+        n_rows = len(agg_all) + 20
+        n_fig = sum(len(v) for v in figures.values())
+        height = int(min(16000, 1400 + 1000 * n_fig + 25 * n_rows))
+        screenshot(index, out / "index.png", height=height)
     return index
 
 
@@ -895,7 +958,7 @@ def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--thicknesses", nargs="*", default=None, metavar="NM",
                    help="thickness series in nm (default 2 5 10 20 40; give none to skip it)")
     p.add_argument("--per-dose", type=int, default=None,
-                   help="scenes per material, each recorded at every dose (default 2)")
+                   help="scenes per material, each recorded at every dose (default 1)")
     p.add_argument("--size", type=int, default=None, help="image side in px (default 256)")
     p.add_argument("--pixel-size", type=float, default=None,
                    help="pixel size in Å of the simulated images (default 0.15), or of --images "
