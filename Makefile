@@ -29,6 +29,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/emrestore demo --out $(DEMO_OUT)
+	$(VENV)/bin/emrestore benchmark --quick --no-progress -o $(DEMO_OUT)/benchmark
 
 test: $(STAMP)
 	$(PY) -m pytest

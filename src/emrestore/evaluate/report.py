@@ -157,7 +157,10 @@ def _table_rows(agg: Sequence[dict], first: str) -> tuple[list[str], list[list[s
     ordered = sorted(agg, key=lambda a: (a[key] if not isinstance(a[key], float)
                                          or math.isfinite(a[key]) else -1))
     for a in ordered:
-        cells = [_fmt(a[key], spec), a["workflow"]]
+        name = a["workflow"]
+        if name == REFERENCE and first == "image":
+            name = "reference"  # a user's reference image need not be noise-free
+        cells = [_fmt(a[key], spec), name]
         for col, _, fmt in _TABLE:
             v = a[col]
             if a["workflow"] == REFERENCE and col in ("psnr_db", "ssim", "seconds", "crlb_pm"):
@@ -180,7 +183,8 @@ def _html_table(header, body, best_cols: dict[int, str] | None = None) -> str:
     for row in body:
         cls = ' class="group"' if row[0] != last else ""
         last = row[0]
-        ref = ' style="color:#555;font-style:italic"' if row[1] == REFERENCE else ""
+        ref = (' style="color:#555;font-style:italic"' if row[1] in (REFERENCE, "reference")
+               else "")
         out.append(f"<tr{cls}{ref}>" + "".join(f"<td>{html.escape(c)}</td>" for c in row)
                    + "</tr>")
     out.append("</tbody></table>")
@@ -207,7 +211,8 @@ def markdown_tables(result: BenchmarkResult) -> str:
     if "dose" in agg:
         parts += ["", "## Dose series (mean over materials and images)", ""]
         parts += [f"- {line}" for line in headline_lines(result.rows)]
-        parts += ["", _markdown(*_table_rows(agg["dose"], "dose"))]
+        parts += ["", "– : not measurable on at least one image (too few columns found).", "",
+                  _markdown(*_table_rows(agg["dose"], "dose"))]
         per_mat = aggregate(_series(result.rows, "dose"),
                             by=("material", "workflow", "dose_e_per_A2"))
         materials = sorted({a["material"] for a in per_mat})
@@ -267,7 +272,8 @@ def headline_lines(rows: Sequence[dict]) -> list[str]:
         cands = {w: a for w, a in mine.items() if w != REFERENCE}
 
         def strain(a):
-            return np.nanmean([a["strain_a_pct"], a["strain_b_pct"]])
+            vals = [v for v in (a["strain_a_pct"], a["strain_b_pct"]) if np.isfinite(v)]
+            return float(np.mean(vals)) if vals else float("nan")
 
         ok = {w: a for w, a in cands.items() if np.isfinite(strain(a))}
         if not ok:
@@ -296,7 +302,8 @@ def _method_lines() -> list[str]:
         "nearest-neighbour distance: F1, Jaccard, Chamfer distance and the radial position "
         "RMSE of the matched columns. Columns within 6 px of the edge are not scored.",
         "- Strain error along a / b: standard deviation of the distances between found "
-        "neighbouring columns, over the true distance (Gambini et al. 2023).",
+        "neighbouring columns, over the true distance (Gambini et al. 2023); left out (–) when "
+        "fewer than a quarter of the neighbour pairs were found.",
         "- SCS MAPE: matched columns' fitted scattering cross-sections against the truth, after "
         "one scale factor per scene measured on the infinite-dose image (a Gaussian fit "
         "captures a fixed share of a column's intensity).",
@@ -431,7 +438,7 @@ def figure_metrics_vs_dose(rows, path: Path, workflows: Sequence[str]) -> Path |
         if key == "rmse_pm":
             x, y = _crlb_curve(agg, "dose_e_per_A2")
             if x.size:
-                ax.plot(x, y, color="0.3", ls=":", lw=2, label="CRLB (Poisson)")
+                ax.plot(x, y, color="0.3", ls=":", lw=2, label="CRLB (Poisson), raw's columns")
             ax.set_yscale("log")
         _log_ticks(ax, sorted({a["dose_e_per_A2"] for a in agg}))
         ax.set_xlabel("dose (e⁻/Å²)")
@@ -444,9 +451,10 @@ def figure_metrics_vs_dose(rows, path: Path, workflows: Sequence[str]) -> Path |
     return _save(fig, path)
 
 
-def _crlb_curve(agg, xkey):
-    """The CRLB over every column the infinite-dose fit found (else over the raw matches)."""
-    for wf in (REFERENCE, "raw"):
+def _crlb_curve(agg, xkey, prefer=("raw", REFERENCE)):
+    """The CRLB of the first workflow in ``prefer`` that has one: over the columns the raw fit
+    found (comparable with the raw RMSE), or over every column the infinite-dose fit found."""
+    for wf in prefer:
         x, y = _curve(agg, wf, xkey, "crlb_pm")
         if x.size and np.isfinite(y).any():
             return x, y
@@ -475,7 +483,8 @@ def figure_precision_vs_thickness(rows, path: Path, workflows: Sequence[str]) ->
                 ax.plot(x, y, label=wf, ms=5, lw=2 if wf in ("raw", "gaussian") else 1.3,
                         **style[wf])
         if key == "rmse_pm":
-            x, y = _crlb_curve(agg, "thickness_nm")
+            # one species in a perfect crystal: every column has the same bound
+            x, y = _crlb_curve(agg, "thickness_nm", prefer=(REFERENCE, "raw"))
             if x.size:
                 ax.plot(x, y, color="black", ls=":", lw=2.5, label="CRLB (Poisson)")
         _log_ticks(ax, sorted({a["thickness_nm"] for a in agg}))
@@ -508,6 +517,11 @@ def _crop_box(shape, size=128):
     return y0, x0, s
 
 
+def _ref_name(item) -> str:
+    """What the reference image is called: a user's need not be noise-free."""
+    return "reference" if item.series == "user" else "infinite dose"
+
+
 def figure_gallery(show: dict, path: Path, workflows: Sequence[str]) -> Path:
     """Raw | each restoration | infinite dose, with the found (red) and true (cyan) columns."""
     plt = _plt()
@@ -527,7 +541,7 @@ def figure_gallery(show: dict, path: Path, workflows: Sequence[str]) -> Path:
             ax.imshow(crop, cmap="gray", vmin=lo, vmax=hi)
             ax.set_xticks([])
             ax.set_yticks([])
-        axes[0, k].set_title(name, fontsize=9)
+        axes[0, k].set_title(_ref_name(item) if name == REFERENCE else name, fontsize=9)
         found = show["found"].get(name, np.zeros((0, 2)))
         tin = truth[(truth[:, 0] >= y0) & (truth[:, 0] < y0 + s) & (truth[:, 1] >= x0)
                     & (truth[:, 1] < x0 + s)]
@@ -553,7 +567,7 @@ def figure_residual_fft(show: dict, path: Path, workflows: Sequence[str]) -> Pat
     names = [wf for wf in workflows if wf != "raw" and wf in show["outputs"]]
     panels = [(wf, show["outputs"][wf]) for wf in names]
     if item.reference is not None:
-        panels.append(("ideal: infinite dose", item.reference))
+        panels.append((f"ideal: {_ref_name(item)}", item.reference))
     if not panels:
         return None
     plt = _plt()
@@ -676,7 +690,7 @@ def figure_line_profile(show: dict, path: Path, workflows: Sequence[str]) -> Pat
         if calibrated:
             prof = (prof - offset) / gain
         if name == REFERENCE:
-            ax.plot(t * pix, prof, color="black", lw=2.5, label="infinite dose")
+            ax.plot(t * pix, prof, color="black", lw=2.5, label=_ref_name(item))
         elif name == "raw":
             ax.plot(t * pix, prof, color="0.6", lw=1, label="raw")
         else:
@@ -713,7 +727,7 @@ def figure_line_profile(show: dict, path: Path, workflows: Sequence[str]) -> Pat
         axk.imshow(crop, cmap="gray", vmin=lo, vmax=hi)
         axk.plot([start[1] - x0, end[1] - x0], [start[0] - y0, end[0] - y0], color="yellow",
                  lw=1)
-        axk.set_title(name, fontsize=8)
+        axk.set_title(_ref_name(item) if name == REFERENCE else name, fontsize=8)
         axk.set_xticks([])
         axk.set_yticks([])
     fig.suptitle(f"{item.material}, {item.dose_e_per_A2:g} e⁻/Å²: line profile through "
@@ -747,8 +761,10 @@ _CAPTIONS = {
         "PSNR and SSIM judge the image; F1 (columns found), the position RMSE, the Chamfer "
         "distance and the SCS error judge what a microscopist measures from it. A workflow that "
         "wins on PSNR but loses on RMSE or SCS smooths away information. The dotted line in the "
-        "RMSE panel is the Poisson CRLB: a raw-image fit cannot beat it on average; detector "
-        "noise and scan jitter keep the raw curve above it."),
+        "RMSE panel is the Poisson CRLB for the columns the raw image's fit found: a raw-image "
+        "fit cannot beat it on average; detector noise and scan jitter (which no filter can "
+        "undo) keep the raw curve above it. The RMSE only counts found columns, so read it "
+        "next to F1."),
     "precision_vs_thickness": (
         "Precision vs thickness against the CRLB (Lobato et al. 2023, Fig. 3)",
         "A perfect crystal with pure Poisson noise, so the dotted CRLB is the best any unbiased "
@@ -808,7 +824,8 @@ def _html_page(result: BenchmarkResult, figures: dict[str, list[Path]], out: Pat
         if heads:
             parts.append("<ul>" + "".join(f"<li>{esc(h)}</li>" for h in heads) + "</ul>")
         parts.append("<p>Mean over materials and images. Lower is better for Chamfer, RMSE, "
-                     "strain and SCS error; higher for the rest.</p>")
+                     "strain and SCS error; higher for the rest. – : not measurable on at least "
+                     "one image (too few columns found).</p>")
         parts.append(_html_table(*_table_rows(agg["dose"], "dose")))
         per_mat = aggregate(_series(result.rows, "dose"),
                             by=("material", "workflow", "dose_e_per_A2"))
@@ -853,7 +870,25 @@ def screenshot(index_html: Path, png: Path, *, width: int = 1300, height: int = 
         subprocess.run(cmd, check=True, timeout=timeout_s, capture_output=True)
     except (OSError, subprocess.SubprocessError):
         return None
-    return png if png.exists() else None
+    if not png.exists():
+        return None
+    _trim_bottom(png)
+    return png
+
+
+def _trim_bottom(png: Path, margin: int = 40) -> None:
+    """Cut the blank space below the page's content off a screenshot."""
+    import skimage.io
+
+    try:
+        img = skimage.io.imread(png)
+    except (OSError, ValueError):
+        return
+    grey = img[..., :3].min(axis=-1) if img.ndim == 3 else img
+    rows = np.flatnonzero(grey.min(axis=1) < 245)
+    if rows.size and rows[-1] + margin < img.shape[0]:
+        cut = img[: rows[-1] + margin]
+        _atomic(png, lambda tmp: skimage.io.imsave(tmp, cut, check_contrast=False))
 
 
 # ------------------------------------------------------------------------------------------------
