@@ -80,6 +80,7 @@ from .train import (
     _sub,
     lr_factor,
     make_adamw,
+    optimiser_step,
     read_checkpoint,
     resolve_device,
     save_checkpoint,
@@ -1028,19 +1029,7 @@ def train_atomnet_from_config(path_or_dict, *, resume: bool = True, max_steps: i
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {float(loss)} at step {step}; lower "
                                          "optim.lr or check the data")
-            optimiser.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimiser)
-            else:
-                loss.backward()
-            max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-            if scaler is not None:
-                scaler.step(optimiser)
-                scaler.update()
-            else:
-                optimiser.step()
+            grad_norm = optimiser_step(loss, model, optimiser, scaler, cfg.optim.grad_clip)
             decay = cfg.optim.ema_decay
             if decay > 0:
                 _ema_update(ema, model, min(decay, (1.0 + step) / (10.0 + step)))

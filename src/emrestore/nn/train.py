@@ -472,6 +472,26 @@ _LOG_FIELDS = ("step", "lr", "loss", "grad_norm", "adv", "d_loss", "val_psnr_db"
                "val_raw_psnr_db", "examples_per_s", "elapsed_s")
 
 
+def optimiser_step(loss: torch.Tensor, model: torch.nn.Module, optimiser, scaler,
+                   grad_clip: float) -> float:
+    """Backward, gradient-norm clipping (``grad_clip`` <= 0: none) and one optimiser step, through
+    the GradScaler when fp16 autocast uses one; returns the gradient norm before clipping."""
+    optimiser.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimiser)
+    else:
+        loss.backward()
+    max_norm = grad_clip if grad_clip > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+    if scaler is not None:
+        scaler.step(optimiser)
+        scaler.update()
+    else:
+        optimiser.step()
+    return grad_norm
+
+
 def train_from_config(path_or_dict, *, resume: bool = True, max_steps: int | None = None,
                       device: str | None = None, progress: bool = True) -> Path:
     """Train from a TOML file / dict / TrainConfig and return the last checkpoint folder.
@@ -613,19 +633,7 @@ def train_from_config(path_or_dict, *, resume: bool = True, max_steps: int | Non
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {float(loss)} at step {step}; lower "
                                          "optim.lr or check the data")
-            optimiser.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimiser)
-            else:
-                loss.backward()
-            max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-            if scaler is not None:
-                scaler.step(optimiser)
-                scaler.update()
-            else:
-                optimiser.step()
+            grad_norm = optimiser_step(loss, model, optimiser, scaler, cfg.optim.grad_clip)
             if use_gan:
                 for p in disc.parameters():
                     p.grad = None
