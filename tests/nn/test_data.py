@@ -109,3 +109,29 @@ def test_psnr_is_unit_free():
     p = y + 0.01 * torch.randn(2, 1, 16, 16, generator=g)
     torch.testing.assert_close(data.psnr_db(p, y), data.psnr_db(7 * p + 3, 7 * y + 3))
     assert float(data.psnr_db(p, y).mean()) == pytest.approx(40.0, abs=2.0)
+
+
+def test_library_union_routes_virtual_indices_past_the_first_epoch():
+    # EpochSampler hands out e·N + r; every part must get its own e·N_k + r_k (a fresh crop per
+    # epoch), never an index past the union's length (torch's ConcatDataset raised IndexError)
+    import torch
+
+    from emrestore.nn.data import EpochSampler, LibraryUnion
+
+    class Part(torch.utils.data.Dataset):
+        def __init__(self, n, tag):
+            self.n, self.tag = n, tag
+
+        def __len__(self):
+            return self.n
+
+        def __getitem__(self, j):
+            return (self.tag, *divmod(j, self.n))  # (part, epoch, local index)
+
+    union = LibraryUnion([Part(3, "a"), Part(5, "b")])
+    assert len(union) == 8
+    sampler = iter(EpochSampler(len(union), seed=1))
+    seen = [union[next(sampler)] for _ in range(3 * 8)]
+    for epoch in range(3):
+        got = sorted(seen[8 * epoch: 8 * (epoch + 1)])
+        assert got == sorted([("a", epoch, r) for r in range(3)] + [("b", epoch, r) for r in range(5)])

@@ -34,6 +34,22 @@ def test_ratio_constraint_and_normalisation(kind):
         r = img.std() / img.mean()
         assert 0.01 - 1e-6 <= r <= 0.35 + 1e-6
         assert res.info["ratio_after"] == pytest.approx(r, rel=1e-5)
+        if kind != "negative" or res.info["d"] > 0:
+            # a non-negative signal, or one lifted by the pedestal, stays a detector signal
+            assert img.min() >= -1e-6
+
+
+def test_pedestal_never_makes_pixels_negative():
+    # a textured but weak-contrast signal whose target ratio could only be met by subtracting
+    # more than its darkest pixel: the pedestal stops at zero instead
+    rng = np.random.default_rng(3)
+    y = 10.0 + rng.standard_normal((64, 64))
+    draw = ContrastDraw(invert=False, beta=None, background="none", ratio_range=(0.2, 0.6),
+                        ratio_target=0.6)
+    res = apply_contrast(y, draw)
+    assert res.image.min() >= 0.0
+    assert res.info["d"] == pytest.approx(-y.min())
+    assert 0.2 < res.info["ratio_after"] < 0.6
 
 
 def test_clean_plus_background_is_final_and_linear_gain():

@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from .._rng import log_uniform, uniform
 from ..errors import ConfigError, InputError
@@ -905,7 +905,8 @@ def _data(cfg: AtomTrainConfig, start_step: int, progress: bool):
                     for k in order[order.size - n_val:]]
             order = order[: order.size - n_val]
         parts.append(AtomLibraryDataset(index, order, cfg, restored))
-    train = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+    # LibraryUnion, not ConcatDataset: EpochSampler's indices run past len() after epoch 1
+    train = parts[0] if len(parts) == 1 else nndata.LibraryUnion(parts)
     sampler = nndata.EpochSampler(len(train), seed=cfg.seed, start=start_step * cfg.batch_size)
     loader = DataLoader(train, batch_size=cfg.batch_size, sampler=sampler,
                         num_workers=d.workers, collate_fn=nndata.collate,

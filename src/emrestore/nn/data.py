@@ -328,14 +328,17 @@ class LibraryDataset(Dataset):
 
 
 class LibraryUnion(Dataset):
-    """Several :class:`LibraryDataset` as one, indexed by :class:`EpochSampler`'s virtual indices.
+    """Several library datasets as one, indexed by :class:`EpochSampler`'s virtual indices.
+
+    Any dataset whose ``__getitem__`` takes virtual indices ``e·N_k + r_k`` (a fresh crop per
+    epoch) fits: :class:`LibraryDataset` and the atom finder's library dataset.
 
     Virtual index ``j = e·N + r`` (epoch ``e``, ``N`` samples in all) goes to the library holding
     ``r`` as that library's virtual index ``e·N_k + r_k``, so each epoch still draws new crops
     (``torch.utils.data.ConcatDataset`` would need ``j < N`` and repeat the crops).
     """
 
-    def __init__(self, libraries: list[LibraryDataset]):
+    def __init__(self, libraries: list[Dataset]):
         if not libraries:
             raise InputError("LibraryUnion needs at least one library")
         self.libraries = list(libraries)

@@ -14,7 +14,9 @@ signal):
      U[0.05, 0.3] min(nx, ny), rescaled to [0, 1] and multiplied by U[0, 0.3] max(y2).
 4. if r = Std{y3} / E{y3} is outside [0.01, 0.35]:  y4 = c y3 + d                  (eq. 25)
    We keep c = 1 and choose d so that r equals a target drawn uniformly in [0.01, 0.35]
-   (``ContrastDraw.ratio_target``); an image with zero variance is left as it is.
+   (``ContrastDraw.ratio_target``); an image with zero variance is left as it is. d never goes
+   below -min(y3): the image stays non-negative, and the ratio stops short of a target that
+   only a negative pedestal could reach.
 5. y5 = y4 / max(y4)                                                                  (eq. 26)
 
 ``apply_contrast`` returns a ``ContrastResult`` (a named tuple ``(image, background, info)`` with
@@ -259,6 +261,9 @@ def apply_contrast(y: np.ndarray, draw: ContrastDraw, rng: np.random.Generator |
     std = float(y3.std())
     if std > 0 and not (lo <= r_before <= hi):
         d = std / draw.ratio_target - float(y3.mean())
+        # A detector signal is never negative: a pedestal that would push the darkest pixel
+        # below zero is cut back to it, so the ratio ends as close to the target as it can.
+        d = max(d, -float(y3.min()))
     y4 = c * y3 + d
     m = float(y4.max())
     scale = 1.0 / m if m > 0 else 1.0
