@@ -1,3 +1,4 @@
+import os
 import warnings
 
 import numpy as np
@@ -90,6 +91,9 @@ def test_write_atomically(tmp_path):
     out = tmp_path / "out.txt"
     write_atomically(out, lambda p: open(p, "w").write("hello"))
     assert out.read_text() == "hello"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask  # not the temporary file's private 0600
 
     def failing(p):
         open(p, "w").write("partial")

@@ -598,6 +598,12 @@ def _same_file(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
+def _default_file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_atomically(
     path,
     writer: Callable[[str], object],
@@ -612,7 +618,8 @@ def write_atomically(
         Destination.
     writer : callable
         ``writer(tmp_path)`` writes the whole content to ``tmp_path`` (a string path that keeps the
-        destination's extension, so format detection by suffix works).
+        destination's extension, so format detection by suffix works). The result gets the
+        permissions of a normally created file (0666 less the umask).
     protect : iterable of paths
         Files that must never be overwritten (the inputs): if ``path`` is one of them,
         :class:`InputError` is raised before anything is written.
@@ -633,6 +640,8 @@ def write_atomically(
     os.close(fd)
     try:
         writer(tmp)
+        # mkstemp makes the file private (0600); give it the mode a plain open() would have
+        os.chmod(tmp, _default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -134,4 +134,5 @@ def test_library_union_routes_virtual_indices_past_the_first_epoch():
     seen = [union[next(sampler)] for _ in range(3 * 8)]
     for epoch in range(3):
         got = sorted(seen[8 * epoch: 8 * (epoch + 1)])
-        assert got == sorted([("a", epoch, r) for r in range(3)] + [("b", epoch, r) for r in range(5)])
+        want = [("a", epoch, r) for r in range(3)] + [("b", epoch, r) for r in range(5)]
+        assert got == sorted(want)

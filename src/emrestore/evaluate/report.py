@@ -28,7 +28,6 @@ import html
 import io
 import json
 import math
-import os
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -97,25 +96,8 @@ def prepare_output_dir(out_dir) -> Path:
     return out
 
 
-def _file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _atomic(path: Path, writer) -> Path:
-    """write_atomically, with the usual permissions (a temporary file is private)."""
-    mode = _file_mode()
-
-    def write(tmp):
-        writer(tmp)
-        os.chmod(tmp, mode)
-
-    return write_atomically(path, write)
-
-
 def _write_text(path: Path, text: str) -> Path:
-    return _atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def _fmt_csv(v) -> str:
@@ -332,7 +314,7 @@ def _plt():
 
 def _save(fig, path: Path, dpi: int = 110) -> Path:
     plt = _plt()
-    _atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
     plt.close(fig)
     return path
 
@@ -888,7 +870,7 @@ def _trim_bottom(png: Path, margin: int = 40) -> None:
     rows = np.flatnonzero(grey.min(axis=1) < 245)
     if rows.size and rows[-1] + margin < img.shape[0]:
         cut = img[: rows[-1] + margin]
-        _atomic(png, lambda tmp: skimage.io.imsave(tmp, cut, check_contrast=False))
+        write_atomically(png, lambda tmp: skimage.io.imsave(tmp, cut, check_contrast=False))
 
 
 # ------------------------------------------------------------------------------------------------
