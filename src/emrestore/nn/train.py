@@ -307,10 +307,32 @@ def _load_initial_weights(model: torch.nn.Module, source: str) -> None:
         raise InputError(f"model.init_from: {source} is neither a checkpoint folder nor a "
                          ".safetensors file")
     try:
-        model.load_state_dict(tensors, strict=True)
+        model.load_state_dict(widen_input_layer(tensors, model), strict=True)
     except RuntimeError as exc:
         raise ConfigError(f"model.init_from: {source} does not fit this architecture: {exc}") \
             from exc
+
+
+def widen_input_layer(tensors: dict[str, torch.Tensor], model: torch.nn.Module
+                      ) -> dict[str, torch.Tensor]:
+    """Let weights of a network with fewer input channels start one with more (e.g. the U-Net
+    with ``input_blurs`` added): the first convolution's kernels for the new channels are zero,
+    so the widened network computes exactly what the old one did and learns to use the rest.
+
+    Only the ``stem.`` layer is widened, and only along its input-channel axis; the old channels
+    must come first (the U-Net puts the image before its blurred copies).
+    """
+    own = model.state_dict()
+    out = dict(tensors)
+    for key, old in tensors.items():
+        new = own.get(key)
+        if (key.startswith("stem.") and new is not None and new.ndim == old.ndim == 4
+                and new.shape[0] == old.shape[0] and new.shape[2:] == old.shape[2:]
+                and new.shape[1] > old.shape[1]):
+            wide = torch.zeros_like(new)
+            wide[:, : old.shape[1]] = old
+            out[key] = wide
+    return out
 
 
 def _loader(cfg: TrainConfig, start_step: int) -> tuple[DataLoader, Any]:

@@ -9,7 +9,11 @@ level and two 3×3 conv + ReLU. :class:`UNetConfig` keeps that as a special case
   unfold at the end (pixel-shuffle), so that the first level runs at 1/s of the resolution;
 * strided-convolution down-sampling, additive skips, residual blocks, SiLU;
 * a global residual: the network predicts ``x + f(x)`` (input and output in the same
-  normalised units), so a fresh network is close to the identity.
+  normalised units), so a fresh network is close to the identity;
+* ``input_blurs``: Gaussian-blurred copies of the input (fixed, not learnt) as extra input
+  channels. At low dose a Gaussian filter of the right width is already a strong estimate, and a
+  small network trained for a few thousand CPU steps does not learn such wide, smooth averaging
+  kernels on its own; given the blurred copies it only has to choose and correct them.
 
 No normalisation layers: the input is already normalised per image (``nn.normalise``), and a
 batch/instance norm would make the output depend on the rest of the batch or the tile.
@@ -17,6 +21,7 @@ batch/instance norm would make the output depend on the rest of the batch or the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +58,8 @@ class UNetConfig:
     skip : "concat" (seed 003: concatenate then convolve) or "add".
     activation : "relu" (seed 003), "silu", "leaky_relu" or "gelu".
     global_residual : predict ``x + f(x)`` (needs ``in_channels == out_channels``).
+    input_blurs : σ in input pixels of Gaussian-blurred copies of the input added as channels
+        (reflect-padded, separable); ``()`` for none.
     """
 
     in_channels: int = 1
@@ -66,8 +73,12 @@ class UNetConfig:
     skip: str = "concat"
     activation: str = "relu"
     global_residual: bool = True
+    input_blurs: tuple[float, ...] = ()
 
     def __post_init__(self):
+        if any(not (0 < float(b) <= 16) for b in self.input_blurs):
+            raise ConfigError(
+                f"unet.input_blurs must be σ in (0, 16] pixels, got {self.input_blurs}")
         if len(self.widths) < 1 or min(self.widths) < 1:
             raise ConfigError(f"unet.widths must be positive channel counts, got {self.widths}")
         if self.blocks < 1:
@@ -84,6 +95,30 @@ class UNetConfig:
             raise ConfigError(f"unet.skip must be 'concat' or 'add', got {self.skip!r}")
         if self.global_residual and self.in_channels != self.out_channels:
             raise ConfigError("unet.global_residual needs in_channels == out_channels")
+
+
+def gaussian_kernel_1d(sigma: float) -> torch.Tensor:
+    """Normalised 1-D Gaussian of standard deviation ``sigma`` pixels, radius ⌈3σ⌉."""
+    radius = max(1, math.ceil(3.0 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum()
+
+
+def separable_blur(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Blur each channel of ``x`` (B, C, H, W) with ``kernel`` along y then x, reflect-padded
+    (clamped to the image size, so that small tiles still work)."""
+    c = x.shape[1]
+    r = kernel.numel() // 2
+    k = kernel.to(dtype=x.dtype)
+    ry, rx = min(r, x.shape[-2] - 1), min(r, x.shape[-1] - 1)
+    if ry < r or rx < r:
+        x = F.pad(x, (rx, rx, ry, ry), mode="reflect")
+        x = F.pad(x, (r - rx, r - rx, r - ry, r - ry), mode="replicate")
+    else:
+        x = F.pad(x, (r, r, r, r), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
 
 
 def _stage(c_in: int, c_out: int, n: int, residual: bool, act: str) -> nn.Sequential:
@@ -140,7 +175,11 @@ class UNet(RestorationNet):
         c = config
         s2 = c.space_to_depth ** 2
         w = list(c.widths)
-        self.stem = ConvAct(c.in_channels * s2, w[0], c.activation)
+        for i, sigma in enumerate(c.input_blurs):
+            # not persistent: derived from the config, so weights files stay the same
+            self.register_buffer(f"blur_kernel_{i}", gaussian_kernel_1d(float(sigma)),
+                                 persistent=False)
+        self.stem = ConvAct(c.in_channels * (1 + len(c.input_blurs)) * s2, w[0], c.activation)
         self.enc = nn.ModuleList()
         self.down = nn.ModuleList()
         for i, width in enumerate(w):
@@ -169,7 +208,11 @@ class UNet(RestorationNet):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config
         s = c.space_to_depth
-        h = F.pixel_unshuffle(x, s) if s > 1 else x
+        h = x
+        if c.input_blurs:
+            h = torch.cat([x, *(separable_blur(x, getattr(self, f"blur_kernel_{i}"))
+                                for i in range(len(c.input_blurs)))], dim=1)
+        h = F.pixel_unshuffle(h, s) if s > 1 else h
         h = self.stem(h)
         skips = []
         for i, stage in enumerate(self.enc):
