@@ -6,6 +6,8 @@
 * ``losses``  — seed 001/000/003 loss terms, Poisson/Anscombe terms, the patch GAN;
 * ``data``    — pair sources, streaming and library datasets, validation set;
 * ``train``   — ``TrainConfig``, ``train_from_config``, ``export_model``;
+* ``runs``    — the run scaffolding both trainers share (config checks, device, EMA, AdamW,
+  checkpoints and resume, CSV log, schedule, export helpers);
 * ``zoo``     — ``list_models``, ``load_model`` (safetensors + JSON only).
 """
 

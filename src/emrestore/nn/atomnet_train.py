@@ -34,17 +34,10 @@ than to the restoration trainer. :func:`train_atomnet_from_config` runs it:
 
 from __future__ import annotations
 
-import copy
-import csv
 import dataclasses
-import datetime as _dt
-import hashlib
-import json
 import math
 import os
 import re
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,8 +49,9 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from .._rng import log_uniform, uniform
 from ..errors import ConfigError, InputError
-from ..simulate.config import from_dict, load_toml, to_dict
+from ..simulate.config import load_toml, to_dict
 from . import data as nndata
+from . import runs
 from .atomnet import (
     AtomNet,
     AtomNetConfig,
@@ -69,23 +63,7 @@ from .atomnet import (
     scaled_size,
     to_resampled,
 )
-from .blocks import count_parameters, receptive_field
 from .normalise import DEFAULT_PARAMS, normalisation_card, normalise
-from .train import (
-    OptimSection,
-    _amp_dtype,
-    _ema_update,
-    _json_default,
-    _param_groups,
-    _sub,
-    lr_factor,
-    make_adamw,
-    optimiser_step,
-    read_checkpoint,
-    resolve_device,
-    save_checkpoint,
-    weights_dir,
-)
 
 INPUTS = ("raw", "restored", "both")
 CONFIDENCE_LOSSES = ("bce", "focal", "mse")
@@ -212,7 +190,7 @@ class AtomDataSection:
 
 
 @dataclass(frozen=True)
-class AtomTrainConfig:
+class AtomTrainConfig(runs.RunConfig):
     """One atom-finder training run; a TOML file maps onto it one to one.
 
     task : must be "atoms" (the CLI dispatches on it). name : model name at export.
@@ -243,17 +221,13 @@ class AtomTrainConfig:
     model: AtomNetConfig = field(default_factory=AtomNetConfig)
     loss: AtomLossSection = field(default_factory=AtomLossSection)
     data: AtomDataSection = field(default_factory=AtomDataSection)
-    optim: OptimSection = field(default_factory=lambda: OptimSection(warmup_steps=200))
+    optim: runs.OptimSection = field(default_factory=lambda: runs.OptimSection(warmup_steps=200))
 
     def __post_init__(self):
         if self.task != "atoms":
             raise ConfigError(f"task must be 'atoms' for the atom-finder trainer, got "
                               f"{self.task!r}")
-        for name in ("steps", "batch_size", "val_every", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.amp not in ("auto", "bf16", "fp16", "off"):
-            raise ConfigError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
+        self.check_run()
         if not self.thresholds or not all(0.0 <= t < 1.0 for t in self.thresholds):
             raise ConfigError(f"thresholds must be confidences in [0, 1), got {self.thresholds}")
         if not self.iou_thresholds or not all(0.0 < t < 1.0 for t in self.iou_thresholds):
@@ -263,27 +237,14 @@ class AtomTrainConfig:
             raise ConfigError(f"data.input = {self.data.input!r} gives {want} channel(s), but "
                               f"model.in_channels = {self.model.in_channels}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AtomTrainConfig:
-        data = dict(data)
-        data.setdefault("task", "atoms")
-        return from_dict(cls, data)
-
-    @classmethod
-    def from_toml(cls, path: str | os.PathLike) -> AtomTrainConfig:
-        return cls.from_dict(load_toml(path))
+        return super().from_dict({"task": "atoms", **data})
 
 
 def load_atom_config(path_or_dict) -> AtomTrainConfig:
     """An AtomTrainConfig from a TOML path, a dict or an AtomTrainConfig."""
-    if isinstance(path_or_dict, AtomTrainConfig):
-        return path_or_dict
-    if isinstance(path_or_dict, dict):
-        return AtomTrainConfig.from_dict(path_or_dict)
-    return AtomTrainConfig.from_toml(path_or_dict)
+    return AtomTrainConfig.load(path_or_dict)
 
 
 def config_task(path_or_dict) -> str:
@@ -855,21 +816,11 @@ def _source(cfg: AtomTrainConfig):
 
 
 def _ensure_library(cfg: AtomTrainConfig) -> None:
+    """Simulate ``data.library`` up to ``data.library_size`` pairs if it holds fewer."""
     d = cfg.data
-    path = Path(d.library)
-    if d.library_size <= 0:
-        return
-    if path.exists():
-        import h5py
-
-        with h5py.File(path, "r") as h5:
-            if int(h5.attrs.get("n_done", 0)) >= d.library_size:
-                return
-    from ..simulate.library import write_library
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_library(path, d.library_size, _source(cfg).config(), seed=cfg.seed,
-                  workers=max(1, d.workers))
+    if d.library_size > 0:
+        runs.ensure_library(d.library, d.library_size, lambda: _source(cfg).config(),
+                            seed=cfg.seed, workers=d.workers)
 
 
 def _data(cfg: AtomTrainConfig, start_step: int, progress: bool):
@@ -915,20 +866,8 @@ def _data(cfg: AtomTrainConfig, start_step: int, progress: bool):
 
 
 def _load_initial_weights(model: AtomNet, source: str) -> None:
-    from safetensors.torch import load_file
-
-    path = Path(source)
-    if path.is_dir():
-        tensors = _sub(read_checkpoint(path)[1], "ema")
-    elif path.suffix == ".safetensors" and path.exists():
-        tensors = load_file(str(path), device="cpu")
-    else:
-        raise InputError(f"init_from: {source} is neither a checkpoint folder nor a "
-                         ".safetensors file")
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as exc:
-        raise ConfigError(f"init_from: {source} does not fit this network: {exc}") from exc
+    """Copy weights from a checkpoint folder (its EMA) or an exported .safetensors file."""
+    runs.load_initial_weights(model, source, key="init_from", what="network")
 
 
 def train_atomnet_from_config(path_or_dict, *, resume: bool = True, max_steps: int | None = None,
@@ -945,139 +884,46 @@ def train_atomnet_from_config(path_or_dict, *, resume: bool = True, max_steps: i
     progress : show progress bars.
     device : overrides ``config.device``.
     """
-    from tqdm import tqdm
-
     cfg = load_atom_config(path_or_dict)
-    command = (f"emrestore train --config {path_or_dict}"
-               if isinstance(path_or_dict, (str, os.PathLike))
-               else "emrestore.nn.atomnet_train.train_atomnet_from_config(<dict>)")
-    out = Path(cfg.output_dir)
-    ckpt_dir = out / "checkpoints"
-    out.mkdir(parents=True, exist_ok=True)
-    dev = resolve_device(device or cfg.device)
-    if dev.type == "cpu":
-        torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-    amp_dtype = _amp_dtype(cfg, dev)
-
-    torch.manual_seed(cfg.seed)
+    run = runs.Run(cfg, device=device, command=runs.run_command(
+        path_or_dict, "emrestore.nn.atomnet_train.train_atomnet_from_config"))
+    dev = run.device
     model = build_atomnet(cfg.model).to(dev)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    optimiser = make_adamw(_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                           betas=tuple(cfg.optim.betas))
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    run.attach(model)
 
-    step, best, previous = 0, -math.inf, {}
-    resuming = resume and (ckpt_dir / "last").exists()
-    if cfg.init_from and not resuming:
-        _load_initial_weights(model, cfg.init_from)
-        ema.load_state_dict(model.state_dict())
-    if resuming:
-        meta, tensors, state = read_checkpoint(ckpt_dir / "last")
-        old = meta["config"].get("model", {})
-        if meta["config"].get("task") != "atoms" or dataclasses.asdict(
-                build_atomnet(old).config) != dataclasses.asdict(model.config):
-            raise ConfigError(f"{ckpt_dir / 'last'} holds a different network; use another "
-                              "output_dir or resume=False")
-        model.load_state_dict(_sub(tensors, "model"))
-        ema.load_state_dict(_sub(tensors, "ema"))
-        if state.get("optimiser"):
-            optimiser.load_state_dict(state["optimiser"])
-        if scaler is not None and "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        if "torch_rng" in state:
-            torch.set_rng_state(state["torch_rng"])
-        step = int(meta["step"])
-        previous = dict(meta.get("metrics") or {})
-        if previous.get("best_val_f1") is not None:
-            best = float(previous["best_val_f1"])
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=_json_default))
+    def same_network(saved: dict) -> bool:
+        return saved.get("task") == "atoms" and dataclasses.asdict(
+            build_atomnet(saved.get("model", {})).config) == dataclasses.asdict(model.config)
 
-    end = cfg.steps if max_steps is None else min(cfg.steps, step + max_steps)
-    loader, val = _data(cfg, step, progress)
-    metrics: dict[str, Any] = {**previous, "best_val_f1": best if best > -math.inf else None}
-
-    log_path = out / "log.csv"
-    new_log = not log_path.exists()
-    log_fh = log_path.open("a", newline="")
-    writer = csv.DictWriter(log_fh, fieldnames=list(_LOG_FIELDS), extrasaction="ignore")
-    if new_log:
-        writer.writeheader()
-
-    def checkpoint(name: str) -> Path:
-        return save_checkpoint(ckpt_dir / name, model=model, ema=ema, step=step, cfg=cfg,
-                               optimiser=optimiser, scaler=scaler, metrics=metrics,
-                               command=command)
-
-    bar = tqdm(total=end, initial=step, disable=not progress, unit="step", desc=cfg.name,
-               dynamic_ncols=True)
-    t0 = time.perf_counter()
-    seen, t_log = 0, time.perf_counter()
-    running: dict[str, float] = {}
-    n_running = 0
-    it = iter(loader)
-    try:
-        while step < end:
-            batch = {k: v.to(dev, non_blocking=True) for k, v in next(it).items()}
-            lr = cfg.optim.lr * lr_factor(step, warmup=cfg.optim.warmup_steps, total=cfg.steps,
-                                          min_ratio=cfg.optim.min_lr_ratio)
-            for group in optimiser.param_groups:
-                group["lr"] = lr
+    run.start(resume=resume, max_steps=max_steps, best_key="best_val_f1", what="network",
+              same_network=same_network, init_from=cfg.init_from,
+              load_initial=_load_initial_weights)
+    loader, val = _data(cfg, run.step, progress)
+    with run.training(loader, _LOG_FIELDS, progress=progress) as batches:
+        for batch in batches:
+            batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+            run.set_lr()
             model.train()
-            with torch.autocast(dev.type, dtype=amp_dtype or torch.float32,
-                                enabled=amp_dtype is not None):
+            with run.autocast():
                 logits, log_s = model(batch["input"])
             loss, parts = atom_loss(logits, log_s, batch, cfg.loss)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {float(loss)} at step {step}; lower "
-                                         "optim.lr or check the data")
-            grad_norm = optimiser_step(loss, model, optimiser, scaler, cfg.optim.grad_clip)
-            decay = cfg.optim.ema_decay
-            if decay > 0:
-                _ema_update(ema, model, min(decay, (1.0 + step) / (10.0 + step)))
-            else:
-                ema.load_state_dict(model.state_dict())
-            step += 1
-            seen += batch["input"].shape[0]
-            for k, v in {"loss": float(loss.detach()), "grad_norm": grad_norm, **parts}.items():
-                running[k] = running.get(k, 0.0) + v
-            n_running += 1
-            bar.update(1)
+            grad_norm = run.optimise(loss)
+            run.advance(batch["input"].shape[0], loss, grad_norm, parts)
 
             row: dict[str, Any] = {}
-            if step % cfg.val_every == 0 or step == end:
-                scores = evaluate_atoms(ema, val, device=dev, thresholds=cfg.thresholds,
+            if run.validation_due():
+                scores = evaluate_atoms(run.ema, val, device=dev, thresholds=cfg.thresholds,
                                         iou_thresholds=cfg.iou_thresholds)
-                metrics.update(scores, val_step=step)
+                run.metrics.update(scores, val_step=run.step)
                 row.update(val_f1=f"{scores['val_f1']:.4f}",
                            val_threshold=f"{scores['val_threshold']:g}",
                            val_iou_threshold=f"{scores['val_iou_threshold']:g}",
                            val_spacing_log_err=f"{scores['val_spacing_log_err']:.4f}")
-                bar.set_postfix(loss=f"{running['loss'] / n_running:.4g}",
-                                f1=f"{scores['val_f1']:.3f}")
-                if scores["val_f1"] > best:
-                    best = scores["val_f1"]
-                    metrics.update(best_val_f1=best, best_step=step,
-                                   best_threshold=scores["val_threshold"],
-                                   best_iou_threshold=scores["val_iou_threshold"])
-                    checkpoint("best")
-            if step % cfg.log_every == 0 or row or step == end:
-                now = time.perf_counter()
-                row.update({k: f"{v / n_running:.6g}" for k, v in running.items()})
-                row.update(step=step, lr=f"{lr:.4g}",
-                           examples_per_s=f"{seen / max(now - t_log, 1e-9):.3f}",
-                           elapsed_s=f"{now - t0:.1f}")
-                writer.writerow(row)
-                log_fh.flush()
-                running, n_running, seen, t_log = {}, 0, 0, now
-            if step % cfg.checkpoint_every == 0 or step == end:
-                checkpoint("last")
-    finally:
-        bar.close()
-        log_fh.close()
-        del it
-    if not (ckpt_dir / "last").exists():
-        checkpoint("last")
-    return ckpt_dir / "last"
+                run.show(f1=f"{scores['val_f1']:.3f}")
+                run.keep_best(scores["val_f1"], best_threshold=scores["val_threshold"],
+                              best_iou_threshold=scores["val_iou_threshold"])
+            run.end_step(row)
+    return run.ckpt_dir / "last"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1103,29 +949,18 @@ def export_atomnet(checkpoint: str | os.PathLike, name: str = "atoms-hr", *,
 
     Returns the path of the safetensors file.
     """
-    from safetensors.torch import save_file
-
-    if not name or not all(ch.isalnum() or ch in "-_" for ch in name):
-        raise InputError(f"model name {name!r}: use letters, digits, '-' and '_' only")
-    meta, tensors, _ = read_checkpoint(checkpoint)
+    runs.check_model_name(name)
+    meta, tensors, _ = runs.read_checkpoint(checkpoint)
     if meta["config"].get("task") != "atoms":
         raise InputError(f"{checkpoint} is not an atom-finder checkpoint (task "
                          f"{meta['config'].get('task', 'restore')!r}); use "
                          "emrestore.nn.train.export_model for restoration networks")
     cfg = AtomTrainConfig.from_dict(meta["config"])
     model = build_atomnet(cfg.model)
-    model.load_state_dict(_sub(tensors, "ema" if use_ema else "model"))
+    model.load_state_dict(runs.checkpoint_weights(tensors, use_ema))
     model.eval()
-    out = Path(out_dir) if out_dir is not None else weights_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    st_path = out / f"{name}.safetensors"
-    tmp = st_path.with_name(st_path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()},
-              str(tmp), metadata={"name": name, "architecture": "atomnet", "task": "atoms"})
-    tmp.replace(st_path)
-    digest = hashlib.sha256(st_path.read_bytes()).hexdigest()
-    from .. import __version__
-
+    st_path, digest = runs.write_weights(
+        model, name, out_dir, {"name": name, "architecture": "atomnet", "task": "atoms"})
     found = meta.get("metrics", {})
     if threshold is None:
         threshold = float(found.get("best_threshold") or found.get("val_threshold") or 0.3)
@@ -1139,11 +974,7 @@ def export_atomnet(checkpoint: str | os.PathLike, name: str = "atoms-hr", *,
         "description": description or (f"{d.resolution.upper()}-{d.modality.upper()} atom "
                                        f"finder (AtomID-style U-Net, {d.input} input)"),
         "architecture": "atomnet",
-        "config": dataclasses.asdict(model.config),
-        "parameters": count_parameters(model),
-        "size_mb": round(st_path.stat().st_size / 1e6, 3),
-        "weights": st_path.name,
-        "sha256": digest,
+        **runs.card_weights(model, st_path, digest),
         "modality": d.modality,
         "resolution": d.resolution,
         "input": d.input,
@@ -1153,29 +984,12 @@ def export_atomnet(checkpoint: str | os.PathLike, name: str = "atoms-hr", *,
                    "iou_threshold": float(iou_threshold)},
         "visible_fraction": d.visible_fraction,
         "normalisation": normalisation_card(**d.normalisation),
-        "min_size_px": model.min_size_px,
-        "multiple_of": model.multiple_of,
-        "receptive_field_px": receptive_field(ConfidenceOnly(model)),
-        "training": {
-            "command": meta.get("command", ""),
-            "steps": int(meta["step"]),
-            "seed": cfg.seed,
-            "data": to_dict(cfg.data),
-            "loss": to_dict(cfg.loss),
-            "optim": to_dict(cfg.optim),
-            "batch_size": cfg.batch_size,
-            "config": cfg.to_dict(),
-        },
+        **runs.card_geometry(model, ConfidenceOnly(model)),
+        "training": runs.card_training(meta, cfg, to_dict(cfg.loss)),
         "metrics": {**found, **(metrics or {})},
-        "date": _dt.datetime.now(_dt.timezone.utc).date().isoformat(),
-        "emrestore_version": __version__,
-        "torch_version": torch.__version__,
-        "python": sys.version.split()[0],
+        **runs.card_provenance(),
     }
-    card_path = out / f"{name}.json"
-    tmp = card_path.with_name(card_path.name + ".tmp")
-    tmp.write_text(json.dumps(card, indent=2, default=_json_default) + "\n")
-    tmp.replace(card_path)
+    runs.write_card(card, st_path)
     return st_path
 
 
@@ -1183,12 +997,12 @@ def atomnet_from_checkpoint(checkpoint: str | os.PathLike, *, use_ema: bool = Tr
                             device: str | torch.device = "cpu") -> tuple[AtomNet, dict[str, Any]]:
     """``(network in eval mode, card-like dict)`` from a training checkpoint folder, before
     export (benchmarks, comparisons of runs). Only safetensors and JSON are read."""
-    meta, tensors, _ = read_checkpoint(checkpoint)
+    meta, tensors, _ = runs.read_checkpoint(checkpoint)
     if meta["config"].get("task") != "atoms":
         raise InputError(f"{checkpoint} is not an atom-finder checkpoint")
     cfg = AtomTrainConfig.from_dict(meta["config"])
     model = build_atomnet(cfg.model)
-    model.load_state_dict(_sub(tensors, "ema" if use_ema else "model"))
+    model.load_state_dict(runs.checkpoint_weights(tensors, use_ema))
     found = meta.get("metrics", {})
     card = {"name": str(checkpoint), "task": "atoms", "input": cfg.data.input,
             "restore_model": cfg.data.restore_model if cfg.data.input != "raw" else None,
