@@ -185,6 +185,11 @@ def _aggregates(rows: Sequence[dict]) -> dict[str, list[dict]]:
     return out
 
 
+CRLB_NOTE = ("CRLB: the Poisson limit of the true columns that workflow found (RMS over them), "
+             "the number to read its RMSE against; it differs between workflows that find "
+             "different columns, because weak columns have a larger bound.")
+
+
 def markdown_tables(result: BenchmarkResult) -> str:
     """The Markdown report: the dose table (mean over materials and images) and the others."""
     agg = _aggregates(result.rows)
@@ -193,7 +198,8 @@ def markdown_tables(result: BenchmarkResult) -> str:
     if "dose" in agg:
         parts += ["", "## Dose series (mean over materials and images)", ""]
         parts += [f"- {line}" for line in headline_lines(result.rows)]
-        parts += ["", "– : not measurable on at least one image (too few columns found).", "",
+        parts += ["", "– : not measurable on at least one image (too few columns found). "
+                  + CRLB_NOTE, "",
                   _markdown(*_table_rows(agg["dose"], "dose"))]
         per_mat = aggregate(_series(result.rows, "dose"),
                             by=("material", "workflow", "dose_e_per_A2"))
@@ -807,7 +813,7 @@ def _html_page(result: BenchmarkResult, figures: dict[str, list[Path]], out: Pat
             parts.append("<ul>" + "".join(f"<li>{esc(h)}</li>" for h in heads) + "</ul>")
         parts.append("<p>Mean over materials and images. Lower is better for Chamfer, RMSE, "
                      "strain and SCS error; higher for the rest. – : not measurable on at least "
-                     "one image (too few columns found).</p>")
+                     "one image (too few columns found). " + esc(CRLB_NOTE) + "</p>")
         parts.append(_html_table(*_table_rows(agg["dose"], "dose")))
         per_mat = aggregate(_series(result.rows, "dose"),
                             by=("material", "workflow", "dose_e_per_A2"))
