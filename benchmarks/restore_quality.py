@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -124,12 +125,16 @@ def column_rmse(image, labels, noise):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-dose", type=int, default=12, help="images per dose (6 doses)")
-    parser.add_argument("--model", default="stem-hr")
+    parser.add_argument("--model", default="stem-hr",
+                        help="model name or weights path; several, comma-separated, are compared "
+                             "side by side (column RMSE: the first)")
     parser.add_argument("--no-bm3d", action="store_true")
     parser.add_argument("--no-columns", action="store_true")
     parser.add_argument("--paper-ranges", action="store_true",
                         help="the sampler's full detector-fraction and jitter ranges (stress set)")
     args = parser.parse_args()
+    models = [m for m in args.model.split(",") if m]
+    label = {m: Path(m).stem if m.endswith(".safetensors") else m for m in models}
 
     from emrestore.restore import restore
 
@@ -154,9 +159,10 @@ def main() -> None:
         res["gaussian_sigma"] = [best]
         for _, x, c, lab in items:
             outputs = {"raw": x, "gaussian": ndimage.gaussian_filter(x, best)}
-            t = time.perf_counter()
-            outputs[args.model] = restore(x, model=args.model)
-            seconds[args.model] = seconds.get(args.model, 0.0) + time.perf_counter() - t
+            for m in models:
+                t = time.perf_counter()
+                outputs[label[m]] = restore(x, model=m)
+                seconds[label[m]] = seconds.get(label[m], 0.0) + time.perf_counter() - t
             if not args.no_bm3d:
                 t = time.perf_counter()
                 outputs["bm3d"] = anscombe_bm3d(x, lab)
@@ -172,9 +178,9 @@ def main() -> None:
             if not args.no_columns and dose <= 1000:
                 res.setdefault("raw_rmse", []).append(column_rmse(x, lab, "auto"))
                 res.setdefault("net_rmse", []).append(
-                    column_rmse(outputs[args.model], lab, "gaussian"))
+                    column_rmse(outputs[label[models[0]]], lab, "gaussian"))
         line = f"dose {dose:7.0f} e⁻/Å²  (Gaussian σ {best} px)"
-        for name in ["raw", "gaussian", "bm3d", args.model, "sfr_hrstem"]:
+        for name in ["raw", "gaussian", "bm3d", *label.values(), "sfr_hrstem"]:
             if f"{name}_psnr" in res:
                 line += (f" | {name} {np.mean(res[name + '_psnr']):5.2f} dB "
                          f"SSIM {np.mean(res[name + '_ssim']):.3f}")
@@ -182,13 +188,11 @@ def main() -> None:
     print("\nmargins (mean PSNR difference, dB):")
     for dose, res in rows.items():
         parts = []
-        if "bm3d_psnr" in res:
-            parts.append(f"{args.model} - bm3d = "
-                         f"{np.mean(res[args.model + '_psnr']) - np.mean(res['bm3d_psnr']):+.2f}")
-        if "sfr_hrstem_psnr" in res:
-            parts.append(f"{args.model} - sfr_hrstem = {np.mean(res[args.model + '_psnr']) - np.mean(res['sfr_hrstem_psnr']):+.2f}")  # noqa: E501
-        parts.append(f"{args.model} - gaussian = "
-                     f"{np.mean(res[args.model + '_psnr']) - np.mean(res['gaussian_psnr']):+.2f}")
+        for name in label.values():
+            own = np.mean(res[name + "_psnr"])
+            for other in ("bm3d", "sfr_hrstem", "gaussian"):
+                if f"{other}_psnr" in res:
+                    parts.append(f"{name} - {other} = {own - np.mean(res[other + '_psnr']):+.2f}")
         print(f"  {dose:7.0f}: " + ", ".join(parts))
     if not args.no_columns:
         print("\ncolumn position RMSE (px), fit on raw vs fit after restoration:")
