@@ -21,12 +21,15 @@ Every detector and scan distortion is on (the sampler's ranges), post-processing
 detector takes 12 % of the beam (a HAADF detector's typical share, seed 000: at 2 % the frames
 hold almost no signal even at 10 000 e⁻/Å²), contrast neither inverted nor power-law.
 
-Truth: the simulator's column labels that are *visible*: a column scattering (∝ atom count ×
-Z^1.7) less than 0.2 × the strongest column within 2 Å (oxygen beside strontium, an atom knocked
-out of a thick column) is ignored -- a detection there is neither right nor wrong
-(``nn.atomnet_train.visible_columns``). Columns within 0.25 × spacing of the edge are ignored
-too. Matching: one to one within 0.25 × the median nearest-neighbour distance of the visible
-columns (``evaluate.metrics.match_points``); F1 pools the counts of all images of a dose.
+Truth: the simulator's column labels that are *visible*, at the positions where the columns
+show in the recorded frame (``position_recorded_px``: the scan jitter and drift move them off
+their physical positions by up to several pixels, which no detector can undo from one frame).
+A column scattering (∝ atom count × Z^1.7) less than 0.2 × the strongest column within 2 Å
+(oxygen beside strontium, an atom knocked out of a thick column) is ignored -- a detection
+there is neither right nor wrong (``nn.atomnet_train.visible_columns``). Columns within
+0.25 × spacing of the edge are ignored too. Matching: one to one within 0.25 × the median
+nearest-neighbour distance of the visible columns (``evaluate.metrics.match_points``); F1 pools
+the counts of all images of a dose.
 
 Methods:
 - ``network``: ``find_atoms(method="network")`` candidates (max-pool + box NMS), no parameters;
@@ -52,7 +55,12 @@ import time
 
 import numpy as np
 
-from emrestore.nn.atomnet_train import column_spacing_px, detection_counts, visible_columns
+from emrestore.nn.atomnet_train import (
+    column_spacing_px,
+    detection_counts,
+    recorded_positions,
+    visible_columns,
+)
 from emrestore.simulate.dose import DoseParams
 from emrestore.simulate.postprocess import PostprocessParams
 from emrestore.simulate.sampler import SamplerConfig, aligned_crystal, simulate_pair
@@ -124,17 +132,22 @@ def make_set(per_dose: int, size: int, seed: int, doses=DOSES):
             image, _, labels = simulate_pair(config=cfg, rng=rng)
             cols = labels["columns"]
             px = float(labels["pixel_size_A"])
-            pos = np.asarray(cols["position_px"], float).reshape(-1, 2)
-            vis = visible_columns(pos, cols["species"], cols["atom_count"], px)
-            spacing = column_spacing_px(pos[vis])
+            physical = np.asarray(cols["position_px"], float).reshape(-1, 2)
+            # truth = where each column shows in the recorded frame (the scan moved it)
+            pos = np.asarray(recorded_positions(cols), float).reshape(-1, 2)
+            vis = visible_columns(physical, cols["species"], cols["atom_count"], px)
+            spacing = column_spacing_px(physical[vis])
             if not np.isfinite(spacing):
                 continue
             margin = labels["params"]["margin_px"]
             missing = labels["params"]["specimen"].get("defects", {}).get("missing_columns", [])
             sites = np.array([m["yx_A"] for m in missing], float).reshape(-1, 2) / px - margin
             if len(sites) and len(pos):
-                d = np.linalg.norm(sites[:, None] - pos[None], axis=2).min(axis=1)
-                sites = sites[d > 0.5 * spacing]   # a column wholly removed
+                d = np.linalg.norm(sites[:, None] - physical[None], axis=2)
+                keep = d.min(axis=1) > 0.5 * spacing   # a column wholly removed
+                # a site moves with the scan like its nearest column
+                near = d.argmin(axis=1)
+                sites = (sites + pos[near] - physical[near])[keep]
             inner = np.all((sites > 0.25 * spacing) & (sites < size - 1 - 0.25 * spacing),
                            axis=1) if len(sites) else np.zeros(0, bool)
             items.append({"dose": dose, "kind": kind, "image": image, "truth": pos[vis],

@@ -123,3 +123,40 @@ def test_config_round_trip_and_errors(tmp_path):
         SamplerConfig.from_toml(toml)
     with pytest.raises(ConfigError):
         SamplerConfig(modality="xray")
+
+
+def test_recorded_positions_follow_the_scan_distortion():
+    """Isolated atoms scanned with a strong drift and some line jitter: each column shows in the
+    recorded image at ``position_recorded_px``, not at its physical ``position_px``."""
+    base = SamplerConfig()
+    specimen = dataclasses.replace(base.specimen, p_crystal=0.0, p_amorphous=0.0, p_points=1.0,
+                                   p_support=0.0, n_points=(25, 25), p_defects=0.0)
+    contrast = dataclasses.replace(base.contrast, invert_probability=0.0, power_probability=0.0)
+    stem = dataclasses.replace(
+        _quiet(base).stem, jitter_probability=1.0, jitter_kind_probabilities=(0.0, 0.0, 1.0),
+        jitter_sigma_A=(0.05, 0.05), drift_probability=1.0, drift_px_per_line=(0.04, 0.04))
+    config = dataclasses.replace(
+        _quiet(base), size=(128, 128), material=None, specimen=specimen, contrast=contrast,
+        hr_pixel_size_A=(0.3, 0.3), hr_dose=DoseParams(dose_e_per_A2=(1e6, 1e6)), stem=stem)
+    image, _, labels = simulate_pair(config=config, rng=5)
+    cols = labels["columns"]
+    physical, recorded = cols["position_px"], cols["position_recorded_px"]
+    assert recorded.shape == physical.shape
+    moved = np.linalg.norm(recorded - physical, axis=1)
+    assert np.median(moved) > 0.5  # the distortion really moves the columns
+    from scipy.spatial import cKDTree
+
+    nearest = cKDTree(physical).query(physical, k=2)[0][:, 1]
+    ok = (nearest > 12) & np.all((recorded > 6) & (recorded < 121), axis=1)
+    assert ok.sum() >= 5
+    im = image.astype(np.float64) - np.median(image)
+    err_recorded, err_physical = [], []
+    for (y, x), (py, px) in zip(recorded[ok], physical[ok]):
+        r, c = round(y), round(x)
+        win = np.clip(im[r - 4:r + 5, c - 4:c + 5], 0, None)
+        yy, xx = np.mgrid[r - 4:r + 5, c - 4:c + 5]
+        cy, cx = (win * yy).sum() / win.sum(), (win * xx).sum() / win.sum()
+        err_recorded.append(np.hypot(cy - y, cx - x))
+        err_physical.append(np.hypot(cy - py, cx - px))
+    assert np.median(err_recorded) < 0.5, (err_recorded, err_physical)
+    assert np.median(err_recorded) < 0.5 * np.median(err_physical)

@@ -461,12 +461,25 @@ class SimulatorAtoms:
         distorted, _, labels = simulate_pair(config=self.config(), rng=rng)
         cols = labels["columns"]
         support = labels["params"].get("specimen", {}).get("support") or {}
-        return {"image": distorted, "positions": np.asarray(cols["position_px"], float),
+        return {"image": distorted, "positions": np.asarray(recorded_positions(cols), float),
                 "species": np.asarray(cols["species"]),
                 "atom_count": np.asarray(cols["atom_count"]),
                 "kind": str(labels["params"].get("specimen_kind", "")),
                 "pixel_size_A": float(labels["pixel_size_A"]),
                 "crystalline_support": bool(support.get("crystalline", False))}
+
+
+def recorded_positions(columns: dict[str, Any]) -> np.ndarray:
+    """Where the columns show in the recorded image: the detector's target. The scan distortion
+    moves them by up to several pixels from their physical ``position_px``; a label there asks the
+    network to undo random jitter from one frame, which it cannot learn. Older libraries without
+    ``position_recorded_px`` fall back to ``position_px``."""
+    return np.asarray(columns.get("position_recorded_px", columns["position_px"]))
+
+
+def _position_field(h5) -> str:
+    return ("position_recorded_px" if "position_recorded_px" in h5["columns"]
+            else "position_px")
 
 
 _KIND_RE = re.compile(r'"specimen_kind":\s*"(\w+)"')
@@ -507,7 +520,7 @@ class LibraryIndex:
                                  "`emrestore simulate`")
             n = int(h5.attrs.get("n_done", h5["distorted"].shape[0]))
             offsets = h5["column_offsets"][: n + 1]
-            positions = h5["columns/position_px"][: offsets[-1]]
+            positions = h5[f"columns/{_position_field(h5)}"][: offsets[-1]]
             species = h5["columns/species"][: offsets[-1]]
             count = h5["columns/atom_count"][: offsets[-1]]
             pixel = h5["scalars/pixel_size_A"][:n]
@@ -555,7 +568,7 @@ class _LibraryReader:
             if self._r5 is None:
                 self._r5 = h5py.File(self.restored, "r")
             chans.append(self._r5["restored"][i])
-        scene = {"positions": h5["columns/position_px"][lo:hi],
+        scene = {"positions": h5[f"columns/{_position_field(h5)}"][lo:hi],
                  "species": h5["columns/species"][lo:hi],
                  "atom_count": h5["columns/atom_count"][lo:hi],
                  "pixel_size_A": float(h5["scalars/pixel_size_A"][i])}

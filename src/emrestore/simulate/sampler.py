@@ -212,7 +212,10 @@ def simulate_pair(
         ``config.super_resolution_label``; else absent), same units per pixel of the fine grid
         scaled so that integrated intensity is preserved;
         ``gaussian_mask``, ``circular_mask`` (H, W): column masks (seed 003/004);
-        ``columns``: dict of per-column arrays ``position_px`` (N, 2) (y, x), ``position_A``,
+        ``columns``: dict of per-column arrays ``position_px`` (N, 2) (y, x) (the physical,
+        undistorted position), ``position_recorded_px`` (N, 2) (where the column shows in the
+        recorded image, after the scan distortion; equal to ``position_px`` without one),
+        ``position_A``,
         ``species``, ``atom_count``, ``scs`` (integrated intensity, image units × Å²);
         ``mean_spacing_px``, ``pixel_size_A``, ``dose_e_per_A2``, ``detector_fraction``;
         ``params``: JSON-serialisable record of every drawn parameter.
@@ -332,6 +335,13 @@ def simulate_pair(
     inside = np.all((pos_px >= -0.5) & (pos_px <= np.array([h, w]) - 0.5), axis=1)
     columns = {k: v[inside] for k, v in columns.items()}
     columns["position_px"] = pos_px[inside]
+    # where each column shows in the recorded frame: the scan distortion (jitter, drift) moves it
+    # away from its physical position; a detector (find_atoms, its training labels, F1) must be
+    # judged against this, the restoration target and strain against position_px
+    recorded = columns["position_px"]
+    if config.modality != "tem" and len(recorded):
+        recorded = stem.distorted_coordinates(recorded, distortion)
+    columns["position_recorded_px"] = np.array(recorded, dtype=np.float64).reshape(-1, 2)
     # SCS in detector units × Å²; NaN where the power-law contrast made intensities non-linear.
     columns["scs"] = columns.pop("integrated_intensity") * result.signal_gain * counts_per_unit
     images["gaussian_mask"] = gaussian_mask(columns["position_px"], (h, w),
@@ -347,6 +357,8 @@ def simulate_pair(
     params["postprocess"] = post.to_dict()
     if columns["position_px"].size:
         columns["position_px"] = transform_positions(columns["position_px"], affine)
+        columns["position_recorded_px"] = transform_positions(columns["position_recorded_px"],
+                                                              affine)
     columns["position_A"] = columns["position_px"] * pixel_size
     clock.mark("postprocess")
 
@@ -363,8 +375,9 @@ def simulate_pair(
 
 
 def _empty_columns() -> dict[str, np.ndarray]:
-    return {"position_px": np.zeros((0, 2)), "position_A": np.zeros((0, 2)),
-            "species": np.zeros(0, np.int64), "atom_count": np.zeros(0, np.int64),
+    return {"position_px": np.zeros((0, 2)), "position_recorded_px": np.zeros((0, 2)),
+            "position_A": np.zeros((0, 2)), "species": np.zeros(0, np.int64),
+            "atom_count": np.zeros(0, np.int64),
             "integrated_intensity": np.zeros(0)}
 
 
