@@ -17,7 +17,9 @@ images per dose, from fixed seeds, cycling through eight scenes:
 - amorphous regions: a slab with a hole cut through it (only the amorphous support remains in
   the hole).
 
-Every detector and scan distortion is on (the sampler's ranges), post-processing off, the
+Every detector and scan distortion is on (the sampler's ranges, but a scan-jitter innovation σ
+of at most 0.3 Å as in real acquisitions and ``restore_quality.py``; ``--paper-ranges`` keeps
+the full 0.8 Å), post-processing off, the
 detector takes 12 % of the beam (a HAADF detector's typical share, seed 000: at 2 % the frames
 hold almost no signal even at 10 000 e⁻/Å²), contrast neither inverted nor power-law.
 
@@ -77,15 +79,19 @@ THRESHOLDS = (None, 0.1, 0.2, 0.35)
 SEPARATIONS = (None, 0.4, 0.6)  # × the true column spacing
 
 
-def scene_config(kind: str, rng: np.random.Generator, dose: float, size: int) -> SamplerConfig:
+def scene_config(kind: str, rng: np.random.Generator, dose: float, size: int,
+                 paper_ranges: bool = False) -> SamplerConfig:
     """The sampler config of one test scene (pixel size and material drawn from ``rng``)."""
     pixel = float(rng.uniform(0.08, 0.16))
     base = SamplerConfig(size=(size, size), hr_pixel_size_A=(pixel, pixel),
                          hr_dose=DoseParams(dose_e_per_A2=(dose, dose)),
                          detector_fraction=(DETECTOR_FRACTION, DETECTOR_FRACTION),
                          super_resolution_label=False)
+    stem = base.stem.all_on()
+    if not paper_ranges:  # the scan-jitter innovation of real acquisitions (as restore_quality)
+        stem = dataclasses.replace(stem, jitter_sigma_A=(0.0025, 0.3))
     base = dataclasses.replace(
-        base, stem=base.stem.all_on(), post=NO_POSTPROCESSING,
+        base, stem=stem, post=NO_POSTPROCESSING,
         contrast=dataclasses.replace(base.contrast, invert_probability=0.0,
                                      power_probability=0.0))
     amorphous_support = {"p_support": 1.0, "p_support_crystal": 0.0,
@@ -120,7 +126,7 @@ def scene_config(kind: str, rng: np.random.Generator, dose: float, size: int) ->
     return dataclasses.replace(cfg, specimen=spec)
 
 
-def make_set(per_dose: int, size: int, seed: int, doses=DOSES):
+def make_set(per_dose: int, size: int, seed: int, doses=DOSES, paper_ranges: bool = False):
     """Fixed-seed images: dicts with the frame, the truth and the vacancy sites."""
     items = []
     for d_index, dose in enumerate(doses):
@@ -128,7 +134,7 @@ def make_set(per_dose: int, size: int, seed: int, doses=DOSES):
             k = d_index * per_dose + i
             rng = np.random.default_rng([seed, k])
             kind = SCENES[(k + seed) % len(SCENES)]
-            cfg = scene_config(kind, rng, dose, size)
+            cfg = scene_config(kind, rng, dose, size, paper_ranges)
             image, _, labels = simulate_pair(config=cfg, rng=rng)
             cols = labels["columns"]
             px = float(labels["pixel_size_A"])
@@ -251,6 +257,8 @@ def main() -> None:
     parser.add_argument("--refine", action="store_true",
                         help="also score find_atoms after the joint refinement")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all)")
+    parser.add_argument("--paper-ranges", action="store_true",
+                        help="the sampler's full scan-jitter range (σ up to 0.8 Å: stress set)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 2 doses, 1 image each, 256² speed test")
     args = parser.parse_args()
@@ -267,8 +275,8 @@ def main() -> None:
     model, model_name = load_network(args)
     print(f"network: {model_name}; torch threads {torch.get_num_threads()}")
     t0 = time.perf_counter()
-    test = make_set(per_dose, args.size, seed=2025, doses=doses)
-    tuning = make_set(tune_n, args.size, seed=7, doses=doses)
+    test = make_set(per_dose, args.size, seed=2025, doses=doses, paper_ranges=args.paper_ranges)
+    tuning = make_set(tune_n, args.size, seed=7, doses=doses, paper_ranges=args.paper_ranges)
     print(f"{len(test)} test and {len(tuning)} tuning images simulated in "
           f"{time.perf_counter() - t0:.0f} s")
     t0 = time.perf_counter()
