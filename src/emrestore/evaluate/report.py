@@ -412,17 +412,9 @@ def figure_metrics_vs_dose(rows, path: Path, workflows: Sequence[str]) -> Path |
               ("scs_mape_pct", "SCS error, MAPE (%)"))
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
     for ax, (key, label) in zip(axes.ravel(), panels):
-        for wf in [*workflows, REFERENCE]:
-            if wf == REFERENCE and key in ("psnr_db", "ssim"):
-                continue
-            x, y = _curve(agg, wf, "dose_e_per_A2", key)
-            if not x.size or not np.isfinite(y).any():
-                continue
-            if wf == REFERENCE:
-                ax.plot(x, y, color="tab:blue", ls="--", lw=2, label="infinite dose")
-            else:
-                ax.plot(x, y, label=wf, ms=5, lw=2 if wf in ("raw", "gaussian") else 1.3,
-                        **style[wf])
+        # the infinite-dose image has no PSNR/SSIM: it is the reference
+        _plot_workflows(ax, agg, [*workflows, *([] if key in ("psnr_db", "ssim")
+                                                else [REFERENCE])], "dose_e_per_A2", key, style)
         if key == "rmse_pm":
             x, y = _crlb_curve(agg, "dose_e_per_A2")
             if x.size:
@@ -437,6 +429,19 @@ def figure_metrics_vs_dose(rows, path: Path, workflows: Sequence[str]) -> Path |
     fig.suptitle("mean over materials and images", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _plot_workflows(ax, agg, workflows, xkey: str, key: str, style: dict) -> None:
+    """One curve of ``key`` against ``xkey`` per workflow (the infinite dose dashed)."""
+    for wf in workflows:
+        x, y = _curve(agg, wf, xkey, key)
+        if not x.size or not np.isfinite(y).any():
+            continue
+        if wf == REFERENCE:
+            ax.plot(x, y, color="tab:blue", ls="--", lw=2, label="infinite dose")
+        else:
+            ax.plot(x, y, label=wf, ms=5, lw=2 if wf in ("raw", "gaussian") else 1.3,
+                    **style[wf])
 
 
 def _crlb_curve(agg, xkey, prefer=("raw", REFERENCE)):
@@ -461,15 +466,7 @@ def figure_precision_vs_thickness(rows, path: Path, workflows: Sequence[str]) ->
     panels = (("rmse_pm", "position error, RMSE (pm)"), ("f1", "F1 (column detection)"),
               ("scs_mape_pct", "SCS error, MAPE (%)"))
     for ax, (key, label) in zip(axes, panels):
-        for wf in [*workflows, REFERENCE]:
-            x, y = _curve(agg, wf, "thickness_nm", key)
-            if not x.size or not np.isfinite(y).any():
-                continue
-            if wf == REFERENCE:
-                ax.plot(x, y, color="tab:blue", ls="--", lw=2, label="infinite dose")
-            else:
-                ax.plot(x, y, label=wf, ms=5, lw=2 if wf in ("raw", "gaussian") else 1.3,
-                        **style[wf])
+        _plot_workflows(ax, agg, [*workflows, REFERENCE], "thickness_nm", key, style)
         if key == "rmse_pm":
             # one species in a perfect crystal: every column has the same bound
             x, y = _crlb_curve(agg, "thickness_nm", prefer=(REFERENCE, "raw"))
