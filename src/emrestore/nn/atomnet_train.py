@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from .._rng import log_uniform, uniform
 from ..errors import ConfigError, InputError
@@ -613,7 +613,7 @@ class AtomLibraryDataset(Dataset):
         return self.example(k, nndata.sample_rng(self.cfg.seed, int(j)))
 
 
-class AtomStream(IterableDataset):
+class AtomStream(nndata.BatchStream):
     """Endless deterministic batches from a scene source (simulator or synthetic); batch ``b``
     comes from ``SeedSequence(seed, spawn_key=(b,))`` whatever the number of workers."""
 
@@ -645,14 +645,6 @@ class AtomStream(IterableDataset):
                 examples.append(make_atom_example(x, np.asarray(scene["positions"]), vis, s,
                                                   crop_rng, data=cfg.data, net=cfg.model))
         return nndata.collate(examples)
-
-    def __iter__(self):
-        info = get_worker_info()
-        worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        index = self.start + worker
-        while True:
-            yield self.batch(index)
-            index += n_workers
 
 
 def scene_channels(scene: dict[str, Any], restore_fn=None) -> np.ndarray:

@@ -204,7 +204,26 @@ def collate(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 # Streaming from a pair source
 
 
-class PairStream(IterableDataset):
+class BatchStream(IterableDataset):
+    """Endless stream of whole batches: batch ``b`` is ``self.batch(b)``, a pure function of
+    ``b``, and DataLoader worker ``k`` of ``n`` yields ``b = start + k, start + k + n, ...``, so
+    the sequence does not depend on the number of workers."""
+
+    start: int = 0
+
+    def batch(self, index: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        index = self.start + worker
+        while True:
+            yield self.batch(index)
+            index += n_workers
+
+
+class PairStream(BatchStream):
     """Endless, deterministic stream of batches drawn from ``pair_fn`` (see module docstring).
 
     Parameters
@@ -249,14 +268,6 @@ class PairStream(IterableDataset):
                                              augment=self.augment, norm_params=self.norm_params,
                                              stats=(offset, scale)))
         return collate(examples)
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        info = get_worker_info()
-        worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        index = self.start + worker
-        while True:
-            yield self.batch(index)
-            index += n_workers
 
 
 # ---------------------------------------------------------------------------------------------
