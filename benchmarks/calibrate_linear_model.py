@@ -54,11 +54,17 @@ from emrestore.atoms.refine import refine_columns
 from emrestore.io import write_atomically
 from emrestore.simulate.background import apply_contrast, draw_contrast
 from emrestore.simulate.multislice import (
+    DETECTORS,
     MultisliceParams,
     column_sites,
     multislice_work,
     simulate_multislice,
     zone_axis_cell,
+)
+from emrestore.simulate.multislice_set import (
+    packaged_cells_path,
+    reference_cells_from_scan,
+    save_reference_cells,
 )
 from emrestore.simulate.profiles import draw_atom_profiles
 from emrestore.simulate.render import render_atoms
@@ -99,6 +105,19 @@ TINY = (
     Case("Si[110]", "Si", (1, 1, 0), 2 * 3.840),
     Case("SrTiO3[001]+vacancies", "SrTiO3", (0, 0, 1), 4 * 3.905, supercell=(2, 2),
          defect="half-vacant-column"),
+)
+
+#: Training cells for the multislice mix (``--cases train``): other materials, zone axes and
+#: thicknesses than FULL, so that the multislice test set (FULL) holds crystals no network saw.
+TRAIN = (
+    Case("Au[001]", "Au", (0, 0, 1), 80.0, (20.0, 40.0, 80.0)),
+    Case("InAs[110]", "InAs", (1, 1, 0), 80.0, (30.0, 80.0)),
+    Case("GaAs[001]", "GaAs", (0, 0, 1), 60.0, (30.0, 60.0)),
+    Case("Si[001]", "Si", (0, 0, 1), 100.0, (40.0, 100.0)),
+    Case("PbTe[001]", "PbTe", (0, 0, 1), 50.0),
+    Case("MgO[001]", "MgO", (0, 0, 1), 100.0, (30.0, 100.0)),
+    Case("CeO2[110]", "CeO2", (1, 1, 0), 40.0),
+    Case("SiC-3C[110]", "SiC-3C", (1, 1, 0), 60.0),
 )
 
 #: Probe shared by both models: a typical aberration-corrected 200 kV probe.
@@ -274,8 +293,12 @@ def run_case(case: Case, args, params: MultisliceParams, config: SamplerConfig,
     sites_px, labels, comps = tiled_sites(cell, shape, pixel_A, margin, defect_at)
     comp_by_class = {lab: comps[labels == lab][0] for lab in set(labels)}
     t0 = time.perf_counter()
+    # the cell holds a whole number of repeats along the beam, so its height can fall just short
+    # of the nominal thickness: the last exit plane is the exit surface
+    series = (None if case.series_A is None
+              else tuple(min(t, float(cell.cell[2, 2])) for t in case.series_A))
     ms = simulate_multislice(cell, params, cache_dir=args.cache, shape=shape,
-                             pixel_size_A=pixel_A, thickness_series_A=case.series_A,
+                             pixel_size_A=pixel_A, thickness_series_A=series,
                              num_workers=args.workers)
     seconds = time.perf_counter() - t0
     haadf = ms["HAADF"].array
@@ -541,6 +564,30 @@ def figures(results: list[dict], sugg: dict, config: SamplerConfig, out: Path, l
     return names
 
 
+def export_cells(cases, args, params: MultisliceParams, split: str) -> None:
+    """Run (or read from the cache) each case's multislice and store its HAADF cell scans at
+    every exit thickness as reference cells (``emrestore.simulate.multislice_set``)."""
+    cells = []
+    for case in cases:
+        cell, _ = build_cell(case, args.seed)
+        series = (None if case.series_A is None
+                  else tuple(min(t, float(cell.cell[2, 2])) for t in case.series_A))
+        t0 = time.perf_counter()
+        ms = simulate_multislice(cell, params, cache_dir=args.cache, thickness_series_A=series,
+                                 num_workers=args.workers)
+        haadf = ms["cell_scan"][DETECTORS.index("HAADF")]
+        cells += reference_cells_from_scan(case.name, case.material, case.zone_axis, cell, haadf,
+                                           ms["thickness_A"], params, split)
+        print(f"{case.name}: {len(ms['thickness_A'])} exit planes, "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+        if not args.export_cells:
+            continue
+        # saved after every case, so an interrupted run keeps what it computed
+        save_reference_cells(cells, args.export_cells)
+    if args.export_cells:
+        print(f"{len(cells)} {split} cells -> {args.export_cells}")
+
+
 def plan(cases, params: MultisliceParams) -> float:
     """Print the multislice work per specimen and an estimate of its CPU time."""
     total = 0.0
@@ -564,6 +611,13 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true",
                         help="3 thin specimens, 1 phonon, coarse: a smoke run of ~2 minutes")
     parser.add_argument("--plan", action="store_true", help="print the work and exit")
+    parser.add_argument("--cases", default="full", choices=("full", "tiny", "train"),
+                        help="full: the calibration specimens (also the multislice test set); "
+                             "train: the training-mix cells (multislice only, no comparison)")
+    parser.add_argument("--export-cells", nargs="?", const=str(packaged_cells_path()),
+                        default=None, metavar="NPZ",
+                        help="store the HAADF cell scans as reference cells (split 'test' for "
+                             "full, 'train' for train) in NPZ (default: the packaged file)")
     parser.add_argument("-o", "--out", default="calibration", help="output folder")
     parser.add_argument("--cache", default=None,
                         help="multislice cache folder (default: <out>/multislice-cache)")
@@ -582,7 +636,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    cases = TINY if args.tiny else FULL
+    if args.tiny:
+        args.cases = "tiny"
+    cases = {"full": FULL, "tiny": TINY, "train": TRAIN}[args.cases]
     if args.only:
         wanted = {s.strip() for s in args.only.split(",")}
         cases = tuple(c for c in cases if c.name in wanted)
@@ -599,6 +655,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     args.cache = args.cache or str(out / "multislice-cache")
 
+    if args.cases == "train":
+        export_cells(cases, args, params, "train")
+        return
     results = []
     t_start = time.perf_counter()
     for case in cases:
@@ -646,6 +705,8 @@ def main() -> None:
     path = out / f"calibration_{args.label}.json"
     write_atomically(path, lambda tmp: Path(tmp).write_text(
         json.dumps(payload, indent=1, default=float)))
+    if args.export_cells and args.cases == "full":
+        export_cells(cases, args, params, "test")
     print(f"\nsuggested ranges: {json.dumps(sugg, indent=1)}")
     print(f"wrote {path} and {', '.join(names)} in {out} "
           f"({time.perf_counter() - t_start:.0f} s)")

@@ -45,6 +45,10 @@ per 100 sites. Speed: seconds for a 1024² frame on this machine (all CPU thread
 network's detection (coarse pass, resampling, network, decoding) and for the whole
 ``find_atoms`` with refinement; at a spacing of 8 px (no resampling) and 4.5 px (up-sampled).
 Runs end to end with untrained weights (then the figures only test the pipeline).
+
+``--sets linear,multislice`` also scores a set drawn from the multislice reference cells shipped
+with emrestore (``simulate.multislice_set``, the calibration specimens of issue 7), with the same
+doses, detector and distortions, and prints the F1 difference: the sim-to-sim gap of detection.
 """
 
 from __future__ import annotations
@@ -98,6 +102,9 @@ def scene_config(kind: str, rng: np.random.Generator, dose: float, size: int,
         base, stem=stem, post=NO_POSTPROCESSING,
         contrast=dataclasses.replace(base.contrast, invert_probability=0.0,
                                      power_probability=0.0))
+    if kind == "multislice":
+        # the shipped multislice reference cells (calibration specimens) in place of a specimen
+        return dataclasses.replace(base, multislice_fraction=1.0, multislice_split="test")
     amorphous_support = {"p_support": 1.0, "p_support_crystal": 0.0,
                          "support_thickness_A": (20.0, 80.0)}
     if kind in ("Si [110]", "GaAs [110]", "SrTiO3 [001]", "Pt [110]"):
@@ -130,14 +137,16 @@ def scene_config(kind: str, rng: np.random.Generator, dose: float, size: int,
     return dataclasses.replace(cfg, specimen=spec)
 
 
-def make_set(per_dose: int, size: int, seed: int, doses=DOSES, paper_ranges: bool = False):
-    """Fixed-seed images: dicts with the frame, the truth and the vacancy sites."""
+def make_set(per_dose: int, size: int, seed: int, doses=DOSES, paper_ranges: bool = False,
+             multislice: bool = False):
+    """Fixed-seed images: dicts with the frame, the truth and the vacancy sites. ``multislice``:
+    every frame from the shipped multislice reference cells instead of the eight scenes."""
     items = []
     for d_index, dose in enumerate(doses):
         for i in range(per_dose):
             k = d_index * per_dose + i
             rng = np.random.default_rng([seed, k])
-            kind = SCENES[(k + seed) % len(SCENES)]
+            kind = "multislice" if multislice else SCENES[(k + seed) % len(SCENES)]
             cfg = scene_config(kind, rng, dose, size, paper_ranges)
             image, _, labels = simulate_pair(config=cfg, rng=rng)
             cols = labels["columns"]
@@ -150,7 +159,8 @@ def make_set(per_dose: int, size: int, seed: int, doses=DOSES, paper_ranges: boo
             if not np.isfinite(spacing):
                 continue
             margin = labels["params"]["margin_px"]
-            missing = labels["params"]["specimen"].get("defects", {}).get("missing_columns", [])
+            missing = (labels["params"].get("specimen", {}).get("defects", {})
+                       .get("missing_columns", []))
             sites = np.array([m["yx_A"] for m in missing], float).reshape(-1, 2) / px - margin
             if len(sites) and len(pos):
                 d = np.linalg.norm(sites[:, None] - physical[None], axis=2)
@@ -248,39 +258,16 @@ def speed(model, size: int, refine: bool):
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", default=None,
-                        help="atom-finder card/.safetensors or training checkpoint folder "
-                             "(default: the shipped atoms-hr, else an untrained network)")
-    parser.add_argument("--per-dose", type=int, default=8, help="test images per dose")
-    parser.add_argument("--tune-per-dose", type=int, default=2,
-                        help="tuning images per dose (separate seeds)")
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--speed-size", type=int, default=1024)
-    parser.add_argument("--refine", action="store_true",
-                        help="also score find_atoms after the joint refinement")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all)")
-    parser.add_argument("--paper-ranges", action="store_true",
-                        help="the sampler's full scan-jitter range (σ up to 0.8 Å: stress set)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 2 doses, 1 image each, 256² speed test")
-    args = parser.parse_args()
-
-    import torch
-
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    doses = (200.0, 2000.0) if args.quick else DOSES
-    per_dose = 1 if args.quick else args.per_dose
-    tune_n = 1 if args.quick else args.tune_per_dose
-    speed_size = 256 if args.quick else args.speed_size
+def run_set(args, model, doses, per_dose, tune_n, methods, multislice=False):
+    """Simulate, tune the baselines and score every method on one set; prints the F1 table and
+    the vacancy false-column rates; returns the pooled counts per (method, dose)."""
     from emrestore.atoms.find import find_atoms
 
-    model, model_name = load_network(args)
-    print(f"network: {model_name}; torch threads {torch.get_num_threads()}")
     t0 = time.perf_counter()
-    test = make_set(per_dose, args.size, seed=2025, doses=doses, paper_ranges=args.paper_ranges)
-    tuning = make_set(tune_n, args.size, seed=7, doses=doses, paper_ranges=args.paper_ranges)
+    test = make_set(per_dose, args.size, seed=2025, doses=doses, paper_ranges=args.paper_ranges,
+                    multislice=multislice)
+    tuning = make_set(tune_n, args.size, seed=7, doses=doses, paper_ranges=args.paper_ranges,
+                      multislice=multislice)
     print(f"{len(test)} test and {len(tuning)} tuning images simulated in "
           f"{time.perf_counter() - t0:.0f} s")
     t0 = time.perf_counter()
@@ -289,7 +276,6 @@ def main() -> None:
         f"{m}@{d:g}: thr {best[(m, d)][0]}, sep {best[(m, d)][1]}"
         for m in BASELINES for d in doses))
 
-    methods = ["network", *(["network+refine"] if args.refine else []), *BASELINES]
     counts = {(m, d): np.zeros(5) for m in methods for d in doses}
     times = {m: 0.0 for m in methods}
     for item in test:
@@ -322,6 +308,59 @@ def main() -> None:
         c = sum(counts[(m, d)] for d in doses)
         rate = 100.0 * c[3] / c[4] if c[4] else float("nan")
         print(f"  {m:>15}: {rate:6.2f}  ({int(c[3])} at {int(c[4])} sites)")
+
+    return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", default=None,
+                        help="atom-finder card/.safetensors or training checkpoint folder "
+                             "(default: the shipped atoms-hr, else an untrained network)")
+    parser.add_argument("--per-dose", type=int, default=8, help="test images per dose")
+    parser.add_argument("--tune-per-dose", type=int, default=2,
+                        help="tuning images per dose (separate seeds)")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--speed-size", type=int, default=1024)
+    parser.add_argument("--refine", action="store_true",
+                        help="also score find_atoms after the joint refinement")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all)")
+    parser.add_argument("--paper-ranges", action="store_true",
+                        help="the sampler's full scan-jitter range (σ up to 0.8 Å: stress set)")
+    parser.add_argument("--sets", default="linear",
+                        help="comma-separated: linear (the eight simulator scenes), multislice "
+                             "(the shipped multislice reference cells, issue 7's sim-to-sim gap)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 2 doses, 1 image each, 256² speed test")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    doses = (200.0, 2000.0) if args.quick else DOSES
+    per_dose = 1 if args.quick else args.per_dose
+    tune_n = 1 if args.quick else args.tune_per_dose
+    speed_size = 256 if args.quick else args.speed_size
+
+    model, model_name = load_network(args)
+    print(f"network: {model_name}; torch threads {torch.get_num_threads()}")
+    sets = [k.strip() for k in args.sets.split(",") if k.strip()]
+    if set(sets) - {"linear", "multislice"}:
+        parser.error(f"unknown set(s) {sorted(set(sets) - {'linear', 'multislice'})}")
+    methods = ["network", *(["network+refine"] if args.refine else []), *BASELINES]
+    results = {}
+    for kind in sets:
+        print(f"\n== {kind} set")
+        results[kind] = run_set(args, model, doses, per_dose, tune_n, methods,
+                                multislice=kind == "multislice")
+    if len(results) > 1:
+        print("\nF1 on the multislice set minus F1 on the linear set:")
+        print(f"{'dose e/Å²':>10} " + " ".join(f"{m:>15}" for m in methods))
+        for d in doses:
+            print(f"{d:>10g} " + " ".join(
+                f"{f1_of(results['multislice'][(m, d)]) - f1_of(results['linear'][(m, d)]):>+15.4f}"
+                for m in methods))
+    counts = results[sets[0]]
 
     rows = speed(model, speed_size, args.refine)
     print(f"\nspeed for a {speed_size}² frame (s):")

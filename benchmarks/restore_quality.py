@@ -1,6 +1,7 @@
 """Restoration quality on a fixed-seed HR-STEM test set, against classic filters (run by hand).
 
     python benchmarks/restore_quality.py [--per-dose 12] [--model stem-hr] [--no-bm3d]
+                                         [--sets linear,multislice,twin]
 
 Test set: 256² HR-STEM images of named crystals on random zone axes (0.08-0.2 Å pixels), every
 S(T)EM detector and scan distortion switched on (probability 1; no post-processing),
@@ -25,6 +26,13 @@ Workflows, all judged on the same images:
   noise to the Poisson σ = 1), another oracle choice;
 - ``stem-hr`` (or ``--model``): ``emrestore.restore``, dose-blind, no parameters;
 - ``sfr_hrstem``: tk_r_em's model, only if ``tk_r_em`` is importable (GPL, benchmark only).
+
+Sets (``--sets``): ``linear`` is the test set above. ``multislice`` replaces the specimen by the
+multislice reference cells shipped with emrestore (``simulate.multislice_set``: abTEM HAADF scans
+of the calibration specimens, 200 kV, 25 mrad, 0.5 Å source, 2-40 nm), at random rotations and
+shifts, with the same pixel sizes, doses, contrast stage and distortions; ``twin`` renders those
+cells, rotations and shifts with the fast model through the same probe. Multislice minus linear
+is the sim-to-sim gap of issue 7 (target within 1 dB); multislice minus twin isolates the physics.
 
 PSNR and SSIM use the data range of the truth image (max - min). Column precision: every true
 crystal column (≥ 2 atoms) at least 8 px from the border is refined with emrestore's joint
@@ -60,8 +68,19 @@ SIGMAS = (0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
 BM3D_SIGMAS = (1.0, 1.5, 2.0, 3.0, 4.5, 6.0)  # σ in the Anscombe domain (1 = pure Poisson)
 
 
-def test_set(per_dose: int, size: int = 256, seed: int = 2024, paper_ranges: bool = False):
-    """Yield (dose, distorted, clean, labels) for the fixed-seed test set."""
+SETS = ("linear", "multislice", "twin")
+
+
+def test_set(per_dose: int, size: int = 256, seed: int = 2024, paper_ranges: bool = False,
+             kind: str = "linear"):
+    """Yield (dose, distorted, clean, labels) for the fixed-seed test set.
+
+    ``kind``: ``"linear"``, the fast model's crystals; ``"multislice"``, the shipped multislice
+    reference cells of the calibration specimens (split "test": SrTiO3 [001] 2-40 nm, [110], Si,
+    GaAs, Pt, TiO2, MoS2, a vacancy), at random rotations and shifts; ``"twin"``, the same cells,
+    rotations and shifts rendered by the fast model with the same probe. All three share the
+    pixel sizes, doses, contrast stage and distortion chain of every seed.
+    """
     for d_index, dose in enumerate(DOSES):
         for i in range(per_dose):
             k = d_index * per_dose + i
@@ -82,6 +101,10 @@ def test_set(per_dose: int, size: int = 256, seed: int = 2024, paper_ranges: boo
                 config = dataclasses.replace(config, detector_fraction=(0.10, 0.15))
             config = dataclasses.replace(config, stem=stem, post=NO_POSTPROCESSING,
                                          contrast=contrast)
+            if kind != "linear":
+                config = dataclasses.replace(
+                    config, multislice_fraction=1.0, multislice_split="test",
+                    multislice_model="linear" if kind == "twin" else "multislice")
             distorted, clean, labels = simulate_pair(config=config, rng=rng)
             yield dose, distorted, clean, labels
 
@@ -128,34 +151,11 @@ def column_rmse(image, labels, noise):
     return m.rmse if m.n_matched else np.nan
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--per-dose", type=int, default=12, help="images per dose (6 doses)")
-    parser.add_argument("--model", default="stem-hr",
-                        help="model name or weights path; several, comma-separated, are compared "
-                             "side by side (column RMSE: the first)")
-    parser.add_argument("--no-bm3d", action="store_true")
-    parser.add_argument("--no-columns", action="store_true")
-    parser.add_argument("--paper-ranges", action="store_true",
-                        help="the sampler's full detector-fraction and jitter ranges (stress set)")
-    args = parser.parse_args()
-    models = [m for m in args.model.split(",") if m]
-    label = {m: Path(m).stem if m.endswith(".safetensors") else m for m in models}
-
+def evaluate(data, args, models, label, have_tk, seconds) -> dict[float, dict[str, list]]:
+    """Every workflow on every image of one test set; prints a line per dose."""
     from emrestore.restore import restore
 
-    try:
-        import tk_r_em  # noqa: F401  (GPL peer, benchmark only)
-        have_tk = True
-    except ImportError:
-        have_tk = False
-
     rows: dict[float, dict[str, list]] = {}
-    seconds: dict[str, float] = {}
-    data = list(test_set(args.per_dose, paper_ranges=args.paper_ranges))
-    ranges = "paper ranges" if args.paper_ranges else "detector fraction 10-15 %, jitter σ ≤ 0.3 Å"
-    print(f"test set: {len(data)} images 256², doses {DOSES} e⁻/Å², every STEM distortion on "
-          f"({ranges})")
     for dose in DOSES:
         items = [d for d in data if d[0] == dose]
         res = rows.setdefault(dose, {})
@@ -190,7 +190,7 @@ def main() -> None:
                     column_rmse(outputs[label[models[0]]], lab, "gaussian"))
         line = f"dose {dose:7.0f} e⁻/Å²  (Gaussian σ {best} px"
         line += ")" if args.no_bm3d else f", BM3D σ {bm3d_sigma})"
-        for name in ["raw", "gaussian", "bm3d", *label.values(), "sfr_hrstem"]:
+        for name in workflows(label):
             if f"{name}_psnr" in res:
                 line += (f" | {name} {np.mean(res[name + '_psnr']):5.2f} dB "
                          f"SSIM {np.mean(res[name + '_ssim']):.3f}")
@@ -211,7 +211,67 @@ def main() -> None:
                 raw, net = np.nanmean(res["raw_rmse"]), np.nanmean(res["net_rmse"])
                 print(f"  {dose:7.0f}: raw {raw:.3f}  restored {net:.3f}  ratio {net / raw:.2f}"
                       "  (target <= 0.70)")
-    n = len(data)
+    return rows
+
+
+def workflows(label) -> list[str]:
+    return ["raw", "gaussian", "bm3d", *label.values(), "sfr_hrstem"]
+
+
+def print_gaps(results: dict[str, dict], label) -> None:
+    """PSNR on the multislice set minus PSNR on the linear set (the target: |gap| <= 1 dB), and
+    minus PSNR on the twin (same crystals and geometry, fast-model physics)."""
+    for other in ("linear", "twin"):
+        if "multislice" not in results or other not in results:
+            continue
+        print(f"\nsim-to-sim gap, PSNR(multislice) - PSNR({other}) in dB:")
+        for dose in DOSES:
+            ms, ref = results["multislice"][dose], results[other][dose]
+            parts = [f"{name} {np.mean(ms[name + '_psnr']) - np.mean(ref[name + '_psnr']):+.2f}"
+                     for name in workflows(label) if f"{name}_psnr" in ms]
+            print(f"  {dose:7.0f}: " + ", ".join(parts))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-dose", type=int, default=12, help="images per dose (6 doses)")
+    parser.add_argument("--model", default="stem-hr",
+                        help="model name or weights path; several, comma-separated, are compared "
+                             "side by side (column RMSE: the first)")
+    parser.add_argument("--sets", default="linear",
+                        help="comma-separated test sets: linear (fast model), multislice "
+                             "(shipped abTEM reference cells), twin (the same cells by the fast "
+                             "model); with multislice and another, the PSNR gap is printed")
+    parser.add_argument("--no-bm3d", action="store_true")
+    parser.add_argument("--no-columns", action="store_true")
+    parser.add_argument("--paper-ranges", action="store_true",
+                        help="the sampler's full detector-fraction and jitter ranges (stress set)")
+    args = parser.parse_args()
+    models = [m for m in args.model.split(",") if m]
+    label = {m: Path(m).stem if m.endswith(".safetensors") else m for m in models}
+    sets = [k.strip() for k in args.sets.split(",") if k.strip()]
+    unknown = set(sets) - set(SETS)
+    if unknown:
+        parser.error(f"unknown test set(s) {sorted(unknown)}; choose from {SETS}")
+
+    try:
+        import tk_r_em  # noqa: F401  (GPL peer, benchmark only)
+        have_tk = True
+    except ImportError:
+        have_tk = False
+
+    seconds: dict[str, float] = {}
+    results = {}
+    n = 0
+    for kind in sets:
+        data = list(test_set(args.per_dose, paper_ranges=args.paper_ranges, kind=kind))
+        n += len(data)
+        ranges = ("paper ranges" if args.paper_ranges
+                  else "detector fraction 10-15 %, jitter σ ≤ 0.3 Å")
+        print(f"\n== {kind} set: {len(data)} images 256², doses {DOSES} e⁻/Å², every STEM "
+              f"distortion on ({ranges})")
+        results[kind] = evaluate(data, args, models, label, have_tk, seconds)
+    print_gaps(results, label)
     print("\nseconds per 256² image: " + ", ".join(f"{k} {v / n:.3f}" for k, v in seconds.items()))
 
 

@@ -91,6 +91,14 @@ class SamplerConfig:
     column_merge_radius_A : projected atoms closer than this form one column label.
     gaussian_mask_sigma_A : σ of the Gaussian column mask in Å; None: proportional to the mean
         column spacing (seed 004 eq. 3). The circular mask's radius follows seed 003 Table 2.
+    multislice_fraction : share of HR-STEM frames whose signal is a multislice reference cell
+        (``multislice_set``, shipped abTEM HAADF scans at a random rotation and shift) instead of
+        a linear-model specimen; the contrast, dose and distortion chain is the same.
+    multislice_split : which reference cells: ``"train"`` (the training mix) or ``"test"`` (the
+        benchmarks' multislice set).
+    multislice_model : ``"multislice"``, or ``"linear"``: the same cells, rotations and shifts
+        rendered by the fast model with the same probe (the benchmarks' controlled twin).
+    multislice_cells : a reference-cell file other than the packaged one.
     """
 
     modality: str = "stem"
@@ -107,6 +115,10 @@ class SamplerConfig:
     super_resolution_label: bool = True
     column_merge_radius_A: float = 0.25
     gaussian_mask_sigma_A: float | None = None
+    multislice_fraction: float = 0.0
+    multislice_split: str = "train"
+    multislice_model: str = "multislice"
+    multislice_cells: str | None = None
     specimen: SpecimenParams = field(default_factory=lambda: SpecimenParams(p_support=0.5))
     profiles: AtomProfileParams = field(default_factory=AtomProfileParams)
     probe: ProbeParams = field(default_factory=ProbeParams)
@@ -130,6 +142,15 @@ class SamplerConfig:
         check_range("detector_fraction", self.detector_fraction, lo=1e-6, hi=1.0)
         if self.column_merge_radius_A <= 0:
             raise ConfigError("column_merge_radius_A must be > 0 Å")
+        if not 0.0 <= self.multislice_fraction <= 1.0:
+            raise ConfigError(f"multislice_fraction must be in [0, 1], got "
+                              f"{self.multislice_fraction}")
+        if self.multislice_split not in ("train", "test"):
+            raise ConfigError(f"multislice_split must be 'train' or 'test', got "
+                              f"{self.multislice_split!r}")
+        if self.multislice_model not in ("multislice", "linear"):
+            raise ConfigError(f"multislice_model must be 'multislice' or 'linear', got "
+                              f"{self.multislice_model!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -261,7 +282,25 @@ def simulate_pair(
     # 3. the undistorted signal
     columns = _empty_columns()
     signal_2x = None
-    if hr:
+    # drawn only when a mix is configured, so that the frames of every existing seed are kept
+    reference = (hr and config.modality == "stem" and config.multislice_fraction > 0
+                 and scene_rng.random() < config.multislice_fraction)
+    if reference:
+        from .multislice_set import load_reference_cells, render_reference_scene
+
+        cells = load_reference_cells(config.multislice_split, config.multislice_cells)
+        cell = cells[int(scene_rng.integers(len(cells)))]
+        scene = render_reference_scene(
+            cell, scene_rng, ext_shape, pixel_size, model=config.multislice_model,
+            profile_params=config.profiles,
+            window_px=(margin, margin, h, w) if config.super_resolution_label else None,
+            merge_radius_A=config.column_merge_radius_A)
+        signal, signal_2x, columns, psf = scene.signal, scene.signal_2x, scene.columns, scene.probe
+        params.update(reference_cell=scene.info, specimen_kind="reference-cell",
+                      psf=psf.to_dict())
+        mask_radius_A = _column_radius_A(psf)
+        clock.mark("render")
+    elif hr:
         thickness = log_uniform(scene_rng, config.specimen_thickness_A)
         box = (ext_shape[0] * pixel_size, ext_shape[1] * pixel_size, thickness)
         specimen = build_specimen(scene_rng, box, config.specimen, config.material,
