@@ -241,8 +241,11 @@ def measure(image: np.ndarray, sites_px, labels, pixel_A: float) -> dict:
 
 
 def ratios(classes: dict) -> dict[str, float]:
-    perfect = {k: v["scs"] for k, v in classes.items() if not k.endswith("*")}
-    ref = max(perfect.values()) if perfect else float("nan")
+    # a class the fit lost (an O column beside saturated Sr columns at 40 nm) must not turn every
+    # ratio into NaN: normalise by the brightest class that was measured
+    perfect = [v["scs"] for k, v in classes.items()
+               if not k.endswith("*") and np.isfinite(v["scs"])]
+    ref = max(perfect) if perfect else float("nan")
     return {k: v["scs"] / ref for k, v in classes.items()}
 
 
@@ -255,7 +258,7 @@ def implied_gamma(classes: dict, compositions: dict[str, np.ndarray]) -> float:
     logs = np.log([classes[k]["scs"] for k in labs])
     z = np.arange(comp.shape[1], dtype=float)
     z[0] = 1.0
-    grid = np.linspace(0.0, 3.0, 3001)
+    grid = np.linspace(0.0, 5.0, 5001)  # thin multislice perovskites reach γ ≈ 3
     pred = np.log(comp @ (z[None, :] ** grid[:, None]).T).T  # (G, classes)
     err = (pred - pred.mean(axis=1, keepdims=True)) - (logs - logs.mean())
     return float(grid[np.argmin((err**2).sum(axis=1))])

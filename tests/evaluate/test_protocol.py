@@ -10,7 +10,7 @@ from emrestore.errors import ConfigError, InputError
 from emrestore.evaluate import protocol as P
 
 TINY = dict(materials=("Pt[001]",), doses_e_per_A2=(300.0, 20000.0), images_per_dose=1,
-            size_px=96, thicknesses_A=(), thickness_images=1)
+            size_px=96, thicknesses_A=(), thickness_images=1, multislice_images=0)
 IDENTITY = '''
 import numpy as np
 

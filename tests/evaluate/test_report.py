@@ -13,7 +13,7 @@ from emrestore.evaluate import report as R
 
 TINY = dict(materials=("SrTiO3[001]",), doses_e_per_A2=(500.0, 20000.0), images_per_dose=1,
             size_px=96, thicknesses_A=(50.0, 200.0), thickness_images=1,
-            thickness_material="Pt[001]")
+            thickness_material="Pt[001]", multislice_images=0)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,8 @@ def test_benchmark_command_end_to_end(tmp_path, capsys):
     args = parser.parse_args(["benchmark", "-o", str(out), "--materials", "Pt[001]",
                               "--doses", "1000,20000", "--size", "80", "--per-dose", "1",
                               "--thicknesses", "--workflows", "raw", "gaussian",
-                              "--max-jitter", "0", "--no-progress"])
+                              "--max-jitter", "0", "--multislice-images", "0",
+                              "--no-progress"])
     assert args.handler(args) == 0
     text = capsys.readouterr().out
     assert "| 20000 | raw |" in text and "report ->" in text

@@ -18,6 +18,17 @@ image, in the same detector units) and the true column positions and scattering 
   the Cramér-Rao lower bound is the limit a raw-image fit can reach. The column intensity grows
   linearly with thickness (the detector's share of the beam is scaled from 10-15 % at the dose
   series' 20 nm); a real HAADF signal grows more slowly in thick crystals (channelling).
+- **Multislice series** (issue 7, the sim-to-sim gap): the shipped multislice reference cells of
+  the ``"test"`` split (:mod:`emrestore.simulate.multislice_set`: abTEM HAADF scans of periodic
+  crystals) at a random in-plane rotation and shift, recorded at every dose of the dose series
+  through the dose series' contrast, detector and scan chain. Its **twin**
+  (``"multislice-twin"``) draws from the same seeds: the same cell, rotation, shift, dose, noise
+  and distortions, with the signal rendered by the fast linear model (the simulator's own)
+  through the same probe. Only the image formation differs (channelling and thermal diffuse
+  scattering against the linear model), so multislice − twin is the gap between the two
+  simulators. Both are scored against the same true columns (the cell's atom columns, selected
+  by atom count alone) and carry no SCS truth: multislice has no per-column additive intensity.
+  Skipped, with a note in the report, when no reference-cell file is available.
 
 Workflows
 ---------
@@ -74,6 +85,7 @@ from ..errors import ConfigError, InputError
 
 __all__ = [
     "BUILTIN_WORKFLOWS",
+    "MULTISLICE_SERIES",
     "BenchmarkConfig",
     "BenchmarkResult",
     "Scene",
@@ -84,6 +96,7 @@ __all__ = [
     "evaluate_scene",
     "load_user_images",
     "localise",
+    "multislice_status",
     "parse_material",
     "resolve_workflows",
     "run_benchmark",
@@ -98,6 +111,12 @@ BUILTIN_WORKFLOWS = ("raw", "gaussian", "median", "wiener", "nlm", "bm3d")
 #: zone axis used when a material is named without one
 DEFAULT_ZONES = {"Si": (1, 1, 0), "GaAs": (1, 1, 0), "InAs": (1, 1, 0), "Ge": (1, 1, 0)}
 REFERENCE = "infinite-dose"
+#: the multislice test set and its linear-model twin (same seeds, same truth)
+MULTISLICE_SERIES = ("multislice", "multislice-twin")
+_MULTISLICE_MODEL = {"multislice": "multislice", "multislice-twin": "linear"}
+#: index of each series' stream in the Gaussian tuning seeds (bench.seed, 2, index, k); the twin
+#: shares the multislice stream, so its tuning images are the twins of the multislice ones
+_TUNING_STREAM = {"dose": 0, "thickness": 1, "multislice": 2, "multislice-twin": 2}
 METRICS = ("psnr_db", "ssim", "f1", "jaccard", "chamfer_pm", "rmse_pm", "crlb_pm",
            "strain_a_pct", "strain_b_pct", "scs_mape_pct", "n_truth", "n_found", "n_matched",
            "seconds")
@@ -157,7 +176,12 @@ class BenchmarkConfig:
     mistilt_std_deg : crystal mistilt spread, degrees.
     border_px : columns closer to the edge are not scored.
     showcase_dose_e_per_A2 : dose of the images shown in the figures (nearest in the series).
-    seed : base seed; test, tuning and thickness scenes draw from separate streams of it.
+    seed : base seed; test, tuning, thickness and multislice scenes draw from separate streams
+        of it.
+    multislice_images : scenes of the multislice series (and as many of its linear twin), each
+        recorded at every dose of the dose series; 0 switches both series off.
+    multislice_cells : reference-cell file (``.npz``) of the multislice series; None: the file
+        shipped with emrestore (the series are skipped, with a note, while it is absent).
     """
 
     materials: tuple[str, ...] = ("SrTiO3[001]", "Si[110]", "Pt[001]")
@@ -176,6 +200,8 @@ class BenchmarkConfig:
     border_px: int = 6
     showcase_dose_e_per_A2: float = 1000.0
     seed: int = 2025
+    multislice_images: int = 3
+    multislice_cells: str | None = None
 
     def __post_init__(self):
         if not self.materials:
@@ -196,12 +222,17 @@ class BenchmarkConfig:
             raise ConfigError("detector_fraction must be (low, high) within (0, 1]")
         if self.max_jitter_A < 0:
             raise ConfigError("max_jitter_A must be >= 0")
+        if self.multislice_images < 0:
+            raise ConfigError("multislice_images must be >= 0 (0 switches the multislice "
+                              "series off)")
 
     @classmethod
     def quick(cls, **overrides) -> BenchmarkConfig:
-        """A few minutes on two CPU cores: one material, three doses, three thicknesses."""
+        """A few minutes on two CPU cores: one material, three doses, three thicknesses, one
+        multislice scene (and its twin)."""
         base = dict(materials=("SrTiO3[001]",), doses_e_per_A2=(500.0, 2000.0, 10000.0),
-                    images_per_dose=1, thicknesses_A=(20.0, 100.0, 400.0), thickness_images=1)
+                    images_per_dose=1, thicknesses_A=(20.0, 100.0, 400.0), thickness_images=1,
+                    multislice_images=1)
         base.update(overrides)
         return cls(**base)
 
@@ -223,7 +254,8 @@ def _no_postprocessing():
 
 
 def sampler_config(material: str, zone: Sequence[int], dose_e_per_A2: float, thickness_A: float,
-                   bench: BenchmarkConfig, *, ideal: bool = False):
+                   bench: BenchmarkConfig, *, ideal: bool = False,
+                   multislice_model: str | None = None):
     """The :class:`~emrestore.simulate.sampler.SamplerConfig` of one benchmark image.
 
     ``ideal``: a perfect crystal (no defects, no support, no added background) recorded with
@@ -236,6 +268,11 @@ def sampler_config(material: str, zone: Sequence[int], dose_e_per_A2: float, thi
     up to several pixels, which a position RMSE against the undrifted truth would read as error).
     Both: a well-tuned aberration-corrected probe (200-300 kV, 20-30 mrad, no residual
     aberrations) and linear HAADF contrast.
+
+    ``multislice_model`` (``"multislice"`` or ``"linear"``, with ``ideal=False``): every frame's
+    signal is a ``"test"`` reference cell of ``bench.multislice_cells`` (the packaged file when
+    None) rendered by that model, with the cell's own probe and thickness; the material,
+    thickness and probe settings above then do not apply, the rest of the chain does.
     """
     from ..simulate.dose import DoseParams
     from ..simulate.sampler import SamplerConfig, aligned_crystal
@@ -273,15 +310,62 @@ def sampler_config(material: str, zone: Sequence[int], dose_e_per_A2: float, thi
         jitter = (min(lo, cap), min(hi, cap)) if cap > 0 else (0.0, 0.0)
         stem = dataclasses.replace(stem, jitter_sigma_A=jitter, drift_probability=0.0,
                                    jitter_probability=stem.jitter_probability if cap > 0 else 0.0)
-    return dataclasses.replace(config, probe=probe, stem=stem, contrast=contrast,
-                               specimen=specimen, post=_no_postprocessing())
+    config = dataclasses.replace(config, probe=probe, stem=stem, contrast=contrast,
+                                 specimen=specimen, post=_no_postprocessing())
+    if multislice_model is not None:
+        if ideal:
+            raise ConfigError("the multislice series uses the dose series' settings, not ideal")
+        config = dataclasses.replace(config, multislice_fraction=1.0, multislice_split="test",
+                                     multislice_model=multislice_model,
+                                     multislice_cells=bench.multislice_cells)
+    return config
+
+
+def _multislice_config(series: str, dose_e_per_A2: float, bench: BenchmarkConfig):
+    """The sampler configuration of a multislice-series image (``series`` picks the model)."""
+    material, zone = parse_material(bench.materials[0])  # not used: the cell is the specimen
+    return sampler_config(material, zone, dose_e_per_A2, bench.thickness_A, bench,
+                          multislice_model=_MULTISLICE_MODEL[series])
+
+
+def multislice_status(bench: BenchmarkConfig) -> str | None:
+    """None when the multislice series run; otherwise why not (a note for the report).
+
+    Raises
+    ------
+    InputError
+        ``bench.multislice_cells`` names a file that does not exist, cannot be read or holds no
+        ``"test"`` cells (the packaged file missing is a note, not an error).
+    """
+    from ..simulate.multislice_set import load_reference_cells, packaged_cells_path
+
+    if bench.multislice_images <= 0:
+        return "switched off (multislice_images = 0)"
+    if bench.multislice_cells is not None:
+        path = Path(bench.multislice_cells)
+        if not path.is_file():
+            raise InputError(f"multislice cells: no file {path} (give the .npz written by "
+                             "benchmarks/calibrate_linear_model.py --export-cells, or leave it "
+                             "out for the packaged file)")
+        load_reference_cells("test", path)  # unreadable or no test cells: InputError
+        return None
+    path = packaged_cells_path()
+    if not path.is_file():
+        return (f"skipped: the packaged multislice reference cells ({path.name}) are not "
+                "installed; build them with benchmarks/calibrate_linear_model.py --export-cells "
+                "or pass a file (--multislice-cells)")
+    try:
+        load_reference_cells("test", path)
+    except InputError as exc:
+        return f"skipped: {exc}"
+    return None
 
 
 @dataclass(frozen=True)
 class Scene:
     """One specimen recorded at one or more doses (a unit of work)."""
 
-    series: str                      # "dose" | "thickness"
+    series: str                      # "dose" | "thickness" | "multislice" | "multislice-twin"
     material: str
     zone: tuple[int, int, int]
     thickness_A: float
@@ -293,6 +377,8 @@ class Scene:
 
     @property
     def name(self) -> str:
+        if self.series in MULTISLICE_SERIES:  # the cell is drawn by the simulator
+            return f"{self.series}-r{self.replicate}"
         zone = "".join(str(v) for v in self.zone)
         return f"{self.series}-{self.material}{zone}-{self.thickness_A / 10:g}nm-r{self.replicate}"
 
@@ -325,7 +411,11 @@ class TestImage:
 
 
 def build_scenes(bench: BenchmarkConfig) -> list[Scene]:
-    """The fixed-seed scenes of the dose and thickness series, in a fixed order."""
+    """The fixed-seed scenes of the dose, thickness and multislice series, in a fixed order.
+
+    The multislice scenes (each followed by its twin, drawn from the same seeds) are left out
+    when :func:`multislice_status` says why; it raises for a given cell file that is missing.
+    """
     scenes = []
     showcase = _nearest(bench.doses_e_per_A2, bench.showcase_dose_e_per_A2)
     for m_index, text in enumerate(bench.materials):
@@ -341,6 +431,12 @@ def build_scenes(bench: BenchmarkConfig) -> list[Scene]:
             scenes.append(Scene("thickness", name, zone, float(t),
                                 (float(bench.thickness_dose_e_per_A2),), r,
                                 (bench.seed, 1, r), True))
+    if multislice_status(bench) is None:
+        doses = tuple(float(d) for d in bench.doses_e_per_A2)
+        for r in range(bench.multislice_images):
+            for series in MULTISLICE_SERIES:  # the twin: the same entropy, the linear model
+                scenes.append(Scene(series, "reference-cell", (0, 0, 0), float("nan"), doses, r,
+                                    (bench.seed, 3, r), False, showcase if r == 0 else None))
     return scenes
 
 
@@ -349,8 +445,13 @@ def _nearest(values: Sequence[float], target: float) -> float:
     return float(vals[np.argmin(np.abs(np.log(vals) - math.log(target)))])
 
 
-def truth_columns(labels: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(positions (N, 2) px, SCS (N,) image units × Å², species (N,)) of the visible columns."""
+def truth_columns(labels: dict, *, scs_floor: bool = True
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(positions (N, 2) px, SCS (N,) image units × Å², species (N,)) of the visible columns.
+
+    ``scs_floor=False`` selects by atom count alone (the multislice series and its twin, so that
+    both are scored against the same columns whatever their SCS labels hold).
+    """
     cols = labels["columns"]
     pos = np.asarray(cols["position_px"], dtype=float).reshape(-1, 2)
     if len(pos) == 0:
@@ -358,7 +459,7 @@ def truth_columns(labels: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     count = np.asarray(cols["atom_count"], dtype=float)
     scs = np.asarray(cols["scs"], dtype=float)
     keep = count >= 0.25 * np.percentile(count, 99)
-    if np.isfinite(scs).any():
+    if scs_floor and np.isfinite(scs).any():
         keep &= np.nan_to_num(scs, nan=0.0) >= 0.02 * np.nanpercentile(scs, 99)
     return pos[keep], scs[keep], np.asarray(cols["species"])[keep]
 
@@ -367,20 +468,38 @@ def simulate_scene(scene: Scene, bench: BenchmarkConfig) -> list[TestImage]:
     """Simulate every dose of a scene (the same specimen, probe and scan geometry)."""
     from ..simulate.sampler import simulate_pair
 
+    multislice = scene.series in MULTISLICE_SERIES
     items = []
     for dose in scene.doses_e_per_A2:
-        config = sampler_config(scene.material, scene.zone, dose, scene.thickness_A, bench,
-                                ideal=scene.ideal)
+        if multislice:
+            config = _multislice_config(scene.series, dose, bench)
+        else:
+            config = sampler_config(scene.material, scene.zone, dose, scene.thickness_A, bench,
+                                    ideal=scene.ideal)
         rng = np.random.default_rng(np.random.SeedSequence(list(scene.entropy)))
         distorted, clean, labels = simulate_pair(config=config, rng=rng)
-        pos, scs, species = truth_columns(labels)
+        name, thickness = f"{scene.name}-{dose:g}", scene.thickness_A
+        material = material_label(scene.material, scene.zone) if not multislice else ""
+        if multislice:
+            # the same columns for the multislice image and its twin; no SCS truth in either
+            pos, _, species = truth_columns(labels, scs_floor=False)
+            scs = np.full(len(pos), np.nan)
+            cell = labels["params"]["reference_cell"]
+            # "SrTiO3[001]+vacancies" -> "SrTiO3 [001]+vacancies", as the other series write it
+            material = re.sub(r"\s*\[", " [", str(cell["cell"]), count=1)
+            thickness = float(cell["thickness_A"])
+            slug = re.sub(r"[^\w+\-\[\]]", "", material)
+            name = (f"{scene.series}-{slug}-{thickness / 10:g}nm-r{scene.replicate}"
+                    f"-{dose:g}")
+        else:
+            pos, scs, species = truth_columns(labels)
         det = labels["params"]["detector"]
         analog = det.get("detector") != "counting"
         items.append(TestImage(
-            name=f"{scene.name}-{dose:g}", image=distorted, reference=clean,
+            name=name, image=distorted, reference=clean,
             pixel_size_A=float(labels["pixel_size_A"]), truth_px=pos, truth_scs=scs,
-            truth_species=species, dose_e_per_A2=float(dose), thickness_A=scene.thickness_A,
-            material=material_label(scene.material, scene.zone), series=scene.series,
+            truth_species=species, dose_e_per_A2=float(dose), thickness_A=thickness,
+            material=material, series=scene.series,
             replicate=scene.replicate,
             gain=float(det["adc_gain_adu_per_e"]) if analog else 1.0,
             offset=float(det["adc_offset_adu"]) if analog else 0.0))
@@ -565,8 +684,10 @@ def tune_gaussian(bench: BenchmarkConfig, scenes: Sequence[Scene]) -> dict[str, 
     """Gaussian widths (Å) with the best mean PSNR on a separate tuning set.
 
     One tuning image per material and dose (for the thickness series: per dose, at the middle
-    thickness), drawn from seeds that no test image uses. Returns ``{"dose": {dose: σ_A},
-    "thickness": {dose: σ_A}, "scores": ...}``.
+    thickness; for each multislice series: per dose, a cell drawn like the test scenes'), drawn
+    from seeds that no test image uses (the twin's from the multislice series' seeds, so its
+    tuning images are their twins). Returns ``{"dose": {dose: σ_A}, "thickness": {dose: σ_A},
+    "multislice": ..., "multislice-twin": ... (when those series run), "scores": ...}``.
     """
     from ..simulate.sampler import simulate_pair
     from .baselines import tune_gaussian_sigma
@@ -584,21 +705,25 @@ def tune_gaussian(bench: BenchmarkConfig, scenes: Sequence[Scene]) -> dict[str, 
     for (series, dose), keys in jobs.items():
         pairs = []
         for k, (_, material, zone, _) in enumerate(keys):
-            t = middle_t if series == "thickness" else bench.thickness_A
-            config = sampler_config(material, zone, dose, t, bench, ideal=series == "thickness")
-            rng = np.random.default_rng(np.random.SeedSequence([bench.seed, 2,
-                                                                int(series == "thickness"), k]))
+            if series in MULTISLICE_SERIES:
+                config = _multislice_config(series, dose, bench)
+            else:
+                t = middle_t if series == "thickness" else bench.thickness_A
+                config = sampler_config(material, zone, dose, t, bench,
+                                        ideal=series == "thickness")
+            stream = _TUNING_STREAM[series]
+            rng = np.random.default_rng(np.random.SeedSequence([bench.seed, 2, stream, k]))
             x, clean, _ = simulate_pair(config=config, rng=rng)
             pairs.append((x, clean))
         sigma_px, scores = tune_gaussian_sigma(pairs)
-        out[series][float(dose)] = sigma_px * bench.pixel_size_A
+        out.setdefault(series, {})[float(dose)] = sigma_px * bench.pixel_size_A
         out["scores"][f"{series}@{dose:g}"] = scores
     return out
 
 
 def _gaussian_sigma_A(tuning: dict, item: TestImage) -> float:
-    series = "thickness" if item.series == "thickness" else "dose"
-    table = tuning.get(series) or tuning.get("dose") or {}
+    # each simulated series has its own widths; user images take the dose series'
+    table = tuning.get(item.series) or tuning.get("dose") or {}
     if not table:
         raise InputError("the gaussian workflow needs tuned widths (run tune_gaussian first)")
     doses = sorted(table)
@@ -1085,6 +1210,10 @@ def run_benchmark(config: BenchmarkConfig | None = None, workflows: Sequence[str
     t0 = time.perf_counter()
     bench = config or BenchmarkConfig()
     names = list(workflows) if workflows is not None else default_workflow_names()
+    # a given cell file that is missing fails here, before any work
+    multislice_note = multislice_status(bench) if images is None else None
+    if images is not None:  # a user image set: the simulated set only supplies the tuning
+        bench = dataclasses.replace(bench, multislice_images=0)
     scenes = build_scenes(bench)
     tuning: dict = {}
     if "gaussian" in names:
@@ -1124,7 +1253,8 @@ def run_benchmark(config: BenchmarkConfig | None = None, workflows: Sequence[str
     return BenchmarkResult(rows=rows, showcase=showcase, workflows=resolved, skipped=skipped,
                            config=bench, tuning=tuning, seconds=time.perf_counter() - t0,
                            meta={"images": str(images) if images is not None else None,
-                                 "workflow_names": names})
+                                 "workflow_names": names,
+                                 "multislice_note": multislice_note})
 
 
 def aggregate(rows: Sequence[dict], by: Sequence[str] = ("series", "workflow", "dose_e_per_A2",

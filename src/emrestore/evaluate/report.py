@@ -4,11 +4,12 @@
 
 - ``results.csv``: the mean of every metric per (series, workflow, dose, thickness);
 - ``results_per_image.csv``: one row per image and workflow;
-- ``results.md``: the same tables for people;
+- ``results.md``: the same tables for people, with the multislice set's gap to its linear twin
+  (the sim-to-sim gap, issue 7);
 - ``figures/``: strain error vs dose (Gambini et al. 2023, Fig. 4), the other metrics vs dose,
   precision vs thickness against the CRLB (Lobato et al. 2023, Fig. 3), a line profile through
-  two species (Gambini Fig. 2), the residual and its FFT (Gambini Fig. 1) and a gallery
-  raw | restored | infinite dose;
+  two species (Gambini Fig. 2), the residual and its FFT (Gambini Fig. 1), a gallery
+  raw | restored | infinite dose and the first multislice scene above its linear twin;
 - ``benchmark.json``: the configuration, the tuned Gaussian widths, skipped workflows, timings;
 - ``index.html``: everything on one page with captions that say what to look at (and
   ``index.png``, a screenshot, when a headless Chromium is installed).
@@ -38,13 +39,14 @@ import numpy as np
 
 from ..errors import InputError
 from ..io import write_atomically
-from .protocol import METRICS, REFERENCE, BenchmarkResult, aggregate
+from .protocol import METRICS, MULTISLICE_SERIES, REFERENCE, BenchmarkResult, aggregate
 
 __all__ = [
     "MARKER",
     "add_benchmark_parser",
     "benchmark_command",
     "markdown_tables",
+    "multislice_gap",
     "prepare_output_dir",
     "screenshot",
     "write_report",
@@ -173,6 +175,14 @@ def _html_table(header, body, best_cols: dict[int, str] | None = None) -> str:
     return "\n".join(out)
 
 
+def _mean_rows(rows: Sequence[dict]) -> list[dict]:
+    """results.csv: the means per (series, workflow, dose, thickness); the multislice series are
+    averaged over their cells (each scene draws its own crystal and thickness)."""
+    nan = float("nan")
+    return aggregate([dict(r, thickness_nm=nan) if r["series"] in MULTISLICE_SERIES else r
+                      for r in rows])
+
+
 def _aggregates(rows: Sequence[dict]) -> dict[str, list[dict]]:
     out = {}
     for series in ("dose", "thickness"):
@@ -212,10 +222,110 @@ def markdown_tables(result: BenchmarkResult) -> str:
     if "thickness" in agg:
         parts += ["", "## Thickness series (pure Poisson noise, counting detector)", "",
                   _markdown(*_table_rows(agg["thickness"], "thickness"))]
+    gap = multislice_gap(result.rows)
+    note = result.meta.get("multislice_note")
+    if gap or note:
+        parts += ["", f"## {MULTISLICE_TITLE}", ""]
+        if gap:
+            parts += [" ".join(_multislice_lines(result.rows, gap)), "",
+                      _markdown(*_gap_table(gap))]
+        else:
+            parts.append(f"Not run: {note}.")
     if "image" in agg:
         parts += ["", "## Your images", "", _markdown(*_table_rows(agg["image"], "image"))]
     parts += ["", "## How the numbers are made", "", *_method_lines()]
     return "\n".join(parts) + "\n"
+
+
+MULTISLICE_TITLE = "Multislice set (sim-to-sim gap)"
+#: (column, header, format) of the multislice gap table
+_GAP = (("psnr_db", "PSNR", "dB", "{:.2f}", "{:+.2f}"), ("f1", "F1", "", "{:.3f}", "{:+.3f}"),
+        ("rmse_pm", "RMSE", "pm", "{:.1f}", "{:+.1f}"))
+
+
+def multislice_gap(rows: Sequence[dict]) -> list[dict]:
+    """Per dose and workflow: PSNR, F1 and position RMSE on the multislice series, on its
+    linear-model twin, and multislice − twin (keys ``psnr_db_multislice``, ``psnr_db_twin``,
+    ``psnr_db_gap``, ...; means over the scenes). Empty without both series."""
+    ms = aggregate(_series(rows, "multislice"), by=("workflow", "dose_e_per_A2"))
+    twin = {(a["workflow"], a["dose_e_per_A2"]): a
+            for a in aggregate(_series(rows, "multislice-twin"), by=("workflow", "dose_e_per_A2"))}
+    out = []
+    for a in ms:
+        b = twin.get((a["workflow"], a["dose_e_per_A2"]))
+        if b is None:
+            continue
+        entry = {"workflow": a["workflow"], "dose_e_per_A2": a["dose_e_per_A2"],
+                 "n_images": a["n_images"]}
+        for key, *_ in _GAP:
+            entry[f"{key}_multislice"] = a[key]
+            entry[f"{key}_twin"] = b[key]
+            entry[f"{key}_gap"] = a[key] - b[key]
+        out.append(entry)
+    # by dose, the workflows in their order within each (a stable sort)
+    return sorted(out, key=lambda e: e["dose_e_per_A2"])
+
+
+def _gap_table(gap: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+    header = ["dose (e⁻/Å²)", "workflow"]
+    for _, name, unit, _, _ in _GAP:
+        u = f" ({unit})" if unit else ""
+        header += [f"{name} multislice{u}", f"{name} twin{u}", f"Δ{name}{u}"]
+    body = []
+    for e in gap:
+        cells = [_fmt(e["dose_e_per_A2"], "{:g}"), e["workflow"]]
+        for key, _, _, spec, dspec in _GAP:
+            cells += [_fmt(e[f"{key}_multislice"], spec), _fmt(e[f"{key}_twin"], spec),
+                      _fmt(e[f"{key}_gap"], dspec)]
+        body.append(cells)
+    return header, body
+
+
+#: issue 7's target for the PSNR gap between multislice and the linear model, dB
+GAP_TARGET_DB = 1.0
+
+
+def _multislice_lines(rows: Sequence[dict], gap: Sequence[dict]) -> list[str]:
+    """What the multislice table means, and the PSNR gap in one sentence."""
+    sel = _series(rows, "multislice")
+    cells = sorted({(r["material"], r["thickness_nm"]) for r in sel},
+                   key=lambda c: (c[0], c[1] if math.isfinite(c[1]) else -1.0))
+    n_scenes = len({r["replicate"] for r in sel})
+    lines = [
+        "The multislice series and its twin show the same crystals, at the same rotation, "
+        "shift, dose, noise draws and detector and scan distortions; only the image formation "
+        "differs: multislice (abTEM: channelling and thermal diffuse scattering) against the "
+        "fast linear model that renders the training data, through the same probe. "
+        "Multislice − twin is therefore the sim-to-sim gap: how far the training data's image "
+        "model is from multislice, as each workflow sees it. Issue 7's target is a PSNR gap "
+        f"within {GAP_TARGET_DB:g} dB.",
+        f"Mean over {n_scenes} scene(s): " + ", ".join(
+            f"{m} {t:.3g} nm" for m, t in cells) + " (\"test\" reference cells). PSNR "
+        "against each series' own infinite-dose image; both series are scored against the "
+        "same true columns; no SCS truth exists for multislice.",
+    ]
+    ps = _psnr_gaps(gap)
+    if ps:
+        means: dict[str, list[float]] = {}
+        for g, wf, _ in ps:
+            means.setdefault(wf, []).append(g)
+        lines.append("PSNR gap, mean over the doses: " + ", ".join(
+            f"{wf} {np.mean(v):+.2f} dB" for wf, v in means.items()) + "; "
+            + _largest_gap_text(ps) + ".")
+    return lines
+
+
+def _psnr_gaps(gap: Sequence[dict]) -> list[tuple[float, str, float]]:
+    """(PSNR gap dB, workflow, dose) of every workflow and dose where it was measured."""
+    return [(e["psnr_db_gap"], e["workflow"], e["dose_e_per_A2"]) for e in gap
+            if e["workflow"] != REFERENCE and math.isfinite(e["psnr_db_gap"])]
+
+
+def _largest_gap_text(ps: Sequence[tuple[float, str, float]]) -> str:
+    g, wf, dose = max(ps, key=lambda p: abs(p[0]))
+    verdict = "within" if abs(g) <= GAP_TARGET_DB else "outside"
+    return (f"largest {g:+.2f} dB ({wf} at {dose:g} e⁻/Å²): {verdict} the "
+            f"{GAP_TARGET_DB:g} dB target")
 
 
 def _summary_lines(result: BenchmarkResult, markdown: bool) -> list[str]:
@@ -234,6 +344,18 @@ def _summary_lines(result: BenchmarkResult, markdown: bool) -> list[str]:
                 f"Thickness series: {cfg.thickness_material} at "
                 f"{', '.join(f'{t / 10:g}' for t in cfg.thicknesses_A)} nm, "
                 f"{cfg.thickness_dose_e_per_A2:g} e⁻/Å², {cfg.thickness_images} scene(s) each.")
+        note = result.meta.get("multislice_note")
+        if any(r["series"] == "multislice" for r in result.rows):
+            source = cfg.multislice_cells or "the packaged reference cells"
+            text = (f"Multislice set: {cfg.multislice_images} scene(s) of \"test\" reference "
+                    f"cells ({source}), each with its linear-model twin, at every dose of the dose "
+                    "series.")
+            ps = _psnr_gaps(multislice_gap(result.rows))
+            if ps:
+                text += f" PSNR gap multislice − twin: {_largest_gap_text(ps)}."
+            lines.append(text)
+        elif note:
+            lines.append(f"Multislice set: {note}.")
     lines.append("Workflows: " + "; ".join(f"{w.name} ({w.description})"
                                            for w in result.workflows) + ".")
     for name, why in result.skipped:
@@ -722,6 +844,58 @@ def figure_line_profile(show: dict, path: Path, workflows: Sequence[str]) -> Pat
     return _save(fig, path)
 
 
+def figure_multislice_twin(showcase: Sequence[dict], path: Path, workflows: Sequence[str]
+                           ) -> Path | None:
+    """The first multislice scene above its twin: infinite dose, raw and every workflow, with
+    the found (red) and true (cyan) columns and the PSNR; None without both."""
+    from .metrics import psnr
+
+    pick = {}
+    for show in showcase:
+        item = show["item"]
+        if item.series in MULTISLICE_SERIES:
+            pick.setdefault(item.series, show)
+    if len(pick) < 2:
+        return None
+    plt = _plt()
+    shows = [pick[s] for s in MULTISLICE_SERIES]
+    names = [wf for wf in workflows if wf in shows[0]["outputs"]]
+    n = len(names) + 1
+    y0, x0, s = _crop_box(shows[0]["item"].image.shape, size=96)
+    fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 6.0), squeeze=False)
+    for row, (series, show) in enumerate(zip(("multislice", "linear twin"), shows)):
+        item = show["item"]
+        panels = [(REFERENCE, item.reference)] + [(wf, show["outputs"][wf]) for wf in names]
+        truth = item.truth_px - np.array([y0, x0])
+        inside = np.all((truth >= 0) & (truth < s), axis=1)
+        for k, (name, img) in enumerate(panels):
+            ax = axes[row, k]
+            crop = np.asarray(img)[y0:y0 + s, x0:x0 + s]
+            lo, hi = _limits(crop)
+            ax.imshow(crop, cmap="gray", vmin=lo, vmax=hi)
+            found = show["found"].get(name, np.zeros((0, 2))) - np.array([y0, x0])
+            found = found[np.all((found >= 0) & (found < s), axis=1)] if len(found) else found
+            if name == REFERENCE:
+                ax.scatter(truth[inside, 1], truth[inside, 0], s=40, facecolors="none",
+                           edgecolors="cyan", linewidths=0.8)
+                title = f"{series}: infinite dose"
+            else:
+                title = f"{name} {psnr(item.reference, img):.1f} dB"
+            if len(found):
+                ax.scatter(found[:, 1], found[:, 0], s=9, c="red", marker="+", linewidths=0.8)
+            ax.set_title(title, fontsize=9)
+            ax.set_xlim(-0.5, s - 0.5)
+            ax.set_ylim(s - 0.5, -0.5)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    item = shows[0]["item"]
+    fig.suptitle(f"{item.material}, {item.thickness_A / 10:.3g} nm, {item.dose_e_per_A2:g} e⁻/Å², "
+                 f"central {s}×{s} px ({s * item.pixel_size_A / 10:.1f} nm): multislice (top) "
+                 "and its linear twin (bottom)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _pick_profile_showcase(showcase: Sequence[dict]) -> dict | None:
     for show in showcase:
         sp = show["item"].truth_species
@@ -770,6 +944,13 @@ _CAPTIONS = {
         "lattice in the residual is expected (the right-most column, the true noise, shows how "
         "much); lattice spots much stronger than there, or structure in the residual image "
         "itself, mean the workflow removed signal."),
+    "multislice": (
+        "Multislice image and its linear twin",
+        "Central crop of the first multislice scene (top) and its twin (bottom) at the showcase "
+        "dose: infinite dose, raw and every workflow, with the columns the localisation found "
+        "(red +) and the true columns (cyan o, on the infinite-dose image); PSNR in the titles. "
+        "Look at how the column shapes, the faint columns and the background between columns "
+        "differ: that is what the linear model misses."),
     "gallery": (
         "Gallery: raw | restored | infinite dose",
         "Central crop of one test image. Bottom row: the columns found by the same localisation "
@@ -824,6 +1005,8 @@ def _html_page(result: BenchmarkResult, figures: dict[str, list[Path]], out: Pat
         parts.append("<h2>Your images</h2>")
         parts.append(_html_table(*_table_rows(agg["image"], "image")))
     for key, paths in figures.items():
+        if key == "multislice":  # shown in its section
+            continue
         title, caption = _CAPTIONS[key]
         parts.append(f"<h2>{esc(title)}</h2>")
         for p in paths:
@@ -832,6 +1015,20 @@ def _html_page(result: BenchmarkResult, figures: dict[str, list[Path]], out: Pat
                          f"<figcaption>{esc(caption)}</figcaption></figure>")
         if key == "precision_vs_thickness" and "thickness" in agg:
             parts.append(_html_table(*_table_rows(agg["thickness"], "thickness")))
+    gap = multislice_gap(result.rows)
+    note = result.meta.get("multislice_note")
+    if gap or note:
+        parts.append(f"<h2>{esc(MULTISLICE_TITLE)}</h2>")
+        if gap:
+            parts += [f"<p>{esc(line)}</p>" for line in _multislice_lines(result.rows, gap)]
+            parts.append(_html_table(*_gap_table(gap)))
+            for p in figures.get("multislice", []):
+                title, caption = _CAPTIONS["multislice"]
+                rel = p.relative_to(out).as_posix()
+                parts.append(f'<figure><img src="{esc(rel)}" alt="{esc(title)}">'
+                             f"<figcaption>{esc(caption)}</figcaption></figure>")
+        else:
+            parts.append(f"<p>Not run: {esc(note)}.</p>")
     parts.append("<h2>How the numbers are made</h2><ul>")
     parts += [f"<li>{esc(line[2:]).replace('`', '')}</li>" for line in _method_lines()]
     parts.append("</ul>")
@@ -893,7 +1090,7 @@ def write_report(result: BenchmarkResult, out_dir, *, command: str | None = None
     out = prepare_output_dir(out_dir)
     fig_dir = out / "figures"
     rows = result.rows
-    agg_all = aggregate(rows)
+    agg_all = _mean_rows(rows)
     _write_text(out / "results.csv", _csv_text(agg_all, _CSV_KEYS))
     _write_text(out / "results_per_image.csv", _csv_text(rows, _ROW_KEYS))
     _write_text(out / "results.md", markdown_tables(result))
@@ -901,7 +1098,8 @@ def write_report(result: BenchmarkResult, out_dir, *, command: str | None = None
         "config": result.config.to_dict() if result.config is not None else None,
         "workflows": [{"name": w.name, "description": w.description} for w in result.workflows],
         "skipped": [{"name": n, "reason": r} for n, r in result.skipped],
-        "gaussian_sigma_A": {k: result.tuning.get(k, {}) for k in ("dose", "thickness")},
+        "gaussian_sigma_A": {k: result.tuning.get(k, {}) for k in (
+            "dose", "thickness", *[s for s in MULTISLICE_SERIES if s in result.tuning])},
         "gaussian_tuning_psnr_db": result.tuning.get("scores", {}),
         "seconds": result.seconds, "command": command, **result.meta,
     }
@@ -918,16 +1116,20 @@ def write_report(result: BenchmarkResult, out_dir, *, command: str | None = None
     add("metrics_vs_dose", figure_metrics_vs_dose(rows, fig_dir / "metrics_vs_dose.png", names))
     add("precision_vs_thickness",
         figure_precision_vs_thickness(rows, fig_dir / "precision_vs_thickness.png", names))
-    prof = _pick_profile_showcase(result.showcase)
+    # the figures of the dose series; the multislice showcase has its own
+    showcase = [s for s in result.showcase if s["item"].series not in MULTISLICE_SERIES]
+    prof = _pick_profile_showcase(showcase)
     if prof is not None:
         add("line_profile", figure_line_profile(prof, fig_dir / "line_profile.png", names))
-    if result.showcase:
-        add("residual_fft", figure_residual_fft(result.showcase[0],
+    if showcase:
+        add("residual_fft", figure_residual_fft(showcase[0],
                                                 fig_dir / "residual_fft.png", names))
-    for k, show in enumerate(result.showcase):
+    for k, show in enumerate(showcase):
         slug = "".join(ch if ch.isalnum() else "_" for ch in show["item"].material or
                        show["item"].name).strip("_") or f"image{k}"
         add("gallery", figure_gallery(show, fig_dir / f"gallery_{slug}.png", names))
+    add("multislice", figure_multislice_twin(result.showcase, fig_dir / "multislice_twin.png",
+                                             names))
     index = _write_text(out / "index.html", _html_page(result, figures, out, command))
     if take_screenshot:
         n_rows = len(agg_all) + 20
@@ -965,7 +1167,8 @@ def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
                    help="report folder (new, empty or an earlier report; default "
                    "benchmark_report)")
     p.add_argument("--quick", action="store_true",
-                   help="one material, three doses, three thicknesses, no bm3d (a few minutes)")
+                   help="one material, three doses, three thicknesses, one multislice scene, no "
+                   "bm3d (a few minutes)")
     p.add_argument("--materials", nargs="+", default=None, metavar="NAME[uvw]",
                    help="crystals and zone axes, e.g. SrTiO3[001] Si[110] Pt[001] (quote the "
                    "brackets in a shell)")
@@ -990,6 +1193,14 @@ def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-jitter", type=float, default=None, metavar="A",
                    help="largest scan-jitter innovation σ in Å (default 0.3; 0 switches the "
                    "jitter off)")
+    p.add_argument("--multislice-images", type=int, default=None, metavar="N",
+                   help="scenes of the multislice set, each also rendered by the linear model "
+                   "(its twin) and recorded at every dose (default 3, 1 with --quick; 0 "
+                   "switches it off)")
+    p.add_argument("--multislice-cells", default=None, metavar="PATH",
+                   help="multislice reference-cell file (.npz from benchmarks/"
+                   "calibrate_linear_model.py --export-cells; default: the packaged cells, "
+                   "the set is skipped with a note while they are absent)")
     p.add_argument("--seed", type=int, default=None, help="base seed (default 2025)")
     p.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -1019,6 +1230,10 @@ def config_from_args(args) -> Any:
         over["seed"] = int(args.seed)
     if getattr(args, "max_jitter", None) is not None:
         over["max_jitter_A"] = float(args.max_jitter)
+    if getattr(args, "multislice_images", None) is not None:
+        over["multislice_images"] = int(args.multislice_images)
+    if getattr(args, "multislice_cells", None):
+        over["multislice_cells"] = str(args.multislice_cells)
     return BenchmarkConfig.quick(**over) if args.quick else BenchmarkConfig(**over)
 
 
@@ -1027,10 +1242,12 @@ def benchmark_command(args) -> int:
     import sys
     import time
 
-    from .protocol import default_workflow_names, run_benchmark
+    from .protocol import default_workflow_names, multislice_status, run_benchmark
 
     t0 = time.perf_counter()
     config = config_from_args(args)
+    if not args.images:
+        multislice_status(config)  # a --multislice-cells file that is missing: before any work
     names = _split(args.workflows) if args.workflows else default_workflow_names(
         bm3d=not args.quick)
     out = prepare_output_dir(args.out)  # refuse a folder of user files before any work
