@@ -446,6 +446,7 @@ def figures(results: list[dict], sugg: dict, config: SamplerConfig, out: Path, l
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     def save(fig, name):
         path = out / f"{name}_{label}.png"
@@ -559,12 +560,60 @@ def figures(results: list[dict], sugg: dict, config: SamplerConfig, out: Path, l
                 ax.loglog(t, v, "o-", label=f"multislice {c} (p={th['exponent_ms'][c]:.2f})")
             ax.loglog(t, th["linear_mean_relative"], "k--", label="linear model (p=1)")
             ax.set_xlabel("thickness (nm)")
+            # plain thickness ticks: the default log labels (2×10⁰, 3×10⁰, ...) overlap
+            ax.set_xticks(t, [f"{v:g}" for v in t], minor=False)
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_ylabel("intensity / thinnest")
             ax.set_title(r["case"]["name"])
             ax.legend(fontsize=7)
         fig.tight_layout()
         names.append(save(fig, "thickness"))
     return names
+
+
+def markdown_table(results: list[dict], config: SamplerConfig, draws: int) -> str:
+    """Every measured number per specimen and column class, as markdown (docs/simulation.md)."""
+    def f(v, fmt):
+        return "–" if v is None or not np.isfinite(v) else format(v, fmt)
+
+    lines = [
+        f"Linear model: {draws} draws of the sampler's "
+        f"profiles (γ {tuple(config.profiles.gamma_range)}, radius scale "
+        f"{tuple(config.profiles.radius_scale_A)} Å); pct = percentile of the multislice value "
+        "among the linear draws (0 or 100: outside).", "",
+        "| specimen | t (nm) | γ multislice | column | SCS / brightest: multislice (linear "
+        "median, pct) | σ (Å): multislice (linear median, pct) | implied r_m scale (Å) |",
+        "|---|---|---|---|---|---|---|"]
+    for r in results:
+        c = r["comparison"]
+        first = True
+        for k, v in c.items():
+            if not (isinstance(v, dict) and "ratio_ms" in v) or k == "defect":
+                continue
+            head = (f"| {r['case']['name']} | {r['cell_A'][2] / 10:.1f} | "
+                    f"{f(c['gamma_ms'], '.2f')} " if first else "| | | ")
+            first = False
+            lines.append(
+                head + f"| {k} | {f(v['ratio_ms'], '.3f')} ({f(v['ratio_linear_median'], '.3f')}, "
+                f"{f(v['ratio_percentile'], '.0f')}) | {f(v['width_ms_A'], '.3f')} "
+                f"({f(v['width_linear_median_A'], '.3f')}, {f(v['width_percentile'], '.0f')}) | "
+                f"{f(v['radius_scale_implied_A'], '.3f')} |")
+    lines += ["", "| specimen | floor / max: multislice (pct after background stage) | "
+              "std / mean: multislice (pct after background stage) | I ∝ t^p (multislice) | "
+              "defect column / perfect |", "|---|---|---|---|---|"]
+    for r in results:
+        c = r["comparison"]
+        p = ", ".join(f"{k} {f(v, '.2f')}" for k, v in
+                      c.get("thickness", {}).get("exponent_ms", {}).items()) or "–"
+        d = c.get("defect")
+        defect = (f"{f(d['ratio_ms'], '.3f')} (linear median "
+                  f"{f(float(np.median(d['ratio_linear'])), '.3f')})" if d else "–")
+        lines.append(f"| {r['case']['name']} | {f(c['floor_ms'], '.3f')} "
+                     f"({f(c['floor_percentile_after_contrast'], '.0f')}) | "
+                     f"{f(c['std_over_mean_ms'], '.2f')} "
+                     f"({f(c['std_over_mean_percentile_after_contrast'], '.0f')}) | {p} | "
+                     f"{defect} |")
+    return "\n".join(lines) + "\n"
 
 
 def export_cells(cases, args, params: MultisliceParams, split: str) -> None:
@@ -708,6 +757,9 @@ def main() -> None:
     path = out / f"calibration_{args.label}.json"
     write_atomically(path, lambda tmp: Path(tmp).write_text(
         json.dumps(payload, indent=1, default=float)))
+    table = out / f"calibration_{args.label}.md"
+    write_atomically(table, lambda tmp: Path(tmp).write_text(
+        markdown_table(results, config, args.draws)))
     if args.export_cells and args.cases == "full":
         export_cells(cases, args, params, "test")
     print(f"\nsuggested ranges: {json.dumps(sugg, indent=1)}")
