@@ -123,10 +123,10 @@ TRAIN = (
 #: Probe shared by both models: a typical aberration-corrected 200 kV probe.
 OPTICS = {"voltage_kV": 200.0, "convergence_mrad": 25.0, "source_fwhm_A": 0.5}
 
-#: Seconds per (probe position x slice x frozen phonon) per million wave-grid points, measured
-#: with abTEM 1.0.11 on this project's 2-core box (FFTW, one worker, a training run alongside:
-#: 0.10-0.15 s per probe-slice on a 672^2 grid); used only by --plan.
-SECONDS_PER_MPOINT = 0.25
+#: Seconds per (probe position x slice x frozen phonon) per million wave-grid points on one core,
+#: measured with abTEM 1.0.11 on this project's 2-core box: the full calibration's multislice took
+#: 2 753 s with --workers 2 (0.015 s per probe-slice-Mpoint on two cores); used only by --plan.
+SECONDS_PER_MPOINT = 0.031
 
 
 def build_cell(case: Case, seed: int = 0):
@@ -653,8 +653,8 @@ def plan(cases, params: MultisliceParams) -> float:
         total += sec
         print(f"{case.name:24s} {gx:5d}x{gy:<5d} {w['probes']:7d} {w['slices']:6d} "
               f"{w['frozen_phonons']:7d} {sec / 3600:15.2f}")
-    print(f"total: {total / 3600:.1f} h on one busy core (a quiet 2-core machine with "
-          f"--workers 2 should take well under half; a GPU minutes)")
+    print(f"total: {total / 3600:.1f} h on one core (about half with --workers 2 on two cores; "
+          f"a GPU minutes)")
     return total
 
 

@@ -160,3 +160,31 @@ def test_sampler_mix_rejects_bad_settings():
         SamplerConfig(multislice_split="val")
     with pytest.raises(ConfigError):
         SamplerConfig(multislice_model="wave")
+
+
+def test_shipped_cells_hold_both_splits_and_the_srtio3_physics():
+    """The packaged abTEM cells: disjoint train/test crystals, and SrTiO3 [001] at 200 kV,
+    HAADF 70-200 mrad shows Sr > Ti-O > O and column intensity rising with thickness."""
+    test = load_reference_cells("test")
+    train = load_reference_cells("train")
+    assert {c.name for c in test}.isdisjoint({c.name for c in train})
+    sto = sorted((c for c in test if c.name == "SrTiO3[001]"), key=lambda c: c.thickness_A)
+    assert len(sto) >= 3
+    params = sto[0].multislice_params
+    assert params.voltage_kV == 200 and tuple(params.haadf_mrad) == (70.0, 200.0)
+    peaks = []
+    for cell in sto:
+        img = render_reference_scene(cell, np.random.default_rng(0), (160, 160), 0.08)
+        cols = img.columns
+        pos = np.round(cols["position_px"]).astype(int)
+        ok = np.all((pos >= 2) & (pos < 158), axis=1)
+        sr = cols["species"] == 38
+        count = cols["atom_count"]
+        # the other columns: Ti-O (Ti and O alternate, twice the atoms) and pure O
+        tio = ~sr & (count == count[~sr].max())
+        oxygen = ~sr & (count == count[~sr].min())
+        value = [float(img.signal[pos[ok & sel, 0], pos[ok & sel, 1]].mean())
+                 for sel in (sr, tio, oxygen)]
+        assert value[0] > value[1] > value[2]
+        peaks.append(value[0])
+    assert np.all(np.diff(peaks) > 0)  # thicker: brighter Sr columns (sub-linearly)
