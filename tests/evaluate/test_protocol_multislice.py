@@ -18,7 +18,7 @@ from emrestore.errors import ConfigError, InputError
 from emrestore.evaluate import protocol as P
 from emrestore.evaluate import report as R
 from emrestore.simulate import multislice_set
-from emrestore.simulate.multislice import MultisliceParams, column_sites, zone_axis_cell
+from emrestore.simulate.multislice import MultisliceParams, zone_axis_cell
 from emrestore.simulate.multislice_set import reference_cells_from_scan, save_reference_cells
 
 PARAMS = MultisliceParams(voltage_kV=200, convergence_mrad=25, source_fwhm_A=0.5,
@@ -26,38 +26,22 @@ PARAMS = MultisliceParams(voltage_kV=200, convergence_mrad=25, source_fwhm_A=0.5
 DOSES = (1000.0, 20000.0)
 
 
-def gaussian_scan(cell, step_A=0.2, sigma_A=0.45):
-    """Periodic Gaussians on every projected column, weighted by Σ Z² (a HAADF stand-in)."""
-    lx, ly = cell.cell[0, 0], cell.cell[1, 1]
-    ny, nx = round(ly / step_A), round(lx / step_A)
-    y = np.arange(ny) * ly / ny
-    x = np.arange(nx) * lx / nx
-    sites = column_sites(cell)
-    weight = (sites["composition"] * np.arange(119) ** 2).sum(axis=1)
-    img = np.zeros((ny, nx))
-    for (py, px), wgt in zip(sites["position_A"], weight):
-        dy = (y[:, None] - py + ly / 2) % ly - ly / 2
-        dx = (x[None, :] - px + lx / 2) % lx - lx / 2
-        img += wgt * np.exp(-(dy**2 + dx**2) / (2 * sigma_A**2))
-    return (img / img.max() * 0.05).astype(np.float32)
-
-
-def _write_cells(path, splits=("test", "train")):
+def _write_cells(path, scan, splits=("test", "train")):
     cells = []
     for name, material, axis, split in (("SrTiO3[001]", "SrTiO3", (0, 0, 1), "test"),
                                          ("Si[110]", "Si", (1, 1, 0), "train")):
         if split not in splits:
             continue
         cell = zone_axis_cell(material, axis, thickness_A=12.0)
-        cells += reference_cells_from_scan(name, material, axis, cell, gaussian_scan(cell),
+        cells += reference_cells_from_scan(name, material, axis, cell, scan(cell),
                                            [cell.cell[2, 2]], PARAMS, split)
     save_reference_cells(cells, path)
     return path
 
 
 @pytest.fixture(scope="module")
-def cells_file(tmp_path_factory):
-    return _write_cells(tmp_path_factory.mktemp("cells") / "cells.npz")
+def cells_file(tmp_path_factory, gaussian_cell_scan):
+    return _write_cells(tmp_path_factory.mktemp("cells") / "cells.npz", gaussian_cell_scan)
 
 
 @pytest.fixture(scope="module")
@@ -221,14 +205,14 @@ def test_missing_packaged_cells_are_skipped_with_a_note(monkeypatch, tmp_path):
     assert "Not run: skipped" in (out / "index.html").read_text()
 
 
-def test_a_bad_explicit_cells_file_is_an_input_error(tmp_path):
+def test_a_bad_explicit_cells_file_is_an_input_error(tmp_path, gaussian_cell_scan):
     bench = P.BenchmarkConfig(materials=("Pt[001]",), doses_e_per_A2=(5000.0,), size_px=64,
                               thicknesses_A=(), multislice_cells=str(tmp_path / "nope.npz"))
     with pytest.raises(InputError, match=r"nope\.npz"):
         P.run_benchmark(bench, ["raw"], progress=False)
     with pytest.raises(InputError):
         P.build_scenes(bench)
-    train_only = _write_cells(tmp_path / "train.npz", splits=("train",))
+    train_only = _write_cells(tmp_path / "train.npz", gaussian_cell_scan, splits=("train",))
     with pytest.raises(InputError, match="no 'test' cells"):
         P.multislice_status(dataclasses.replace(bench, multislice_cells=str(train_only)))
     # switched off, the file is not looked at

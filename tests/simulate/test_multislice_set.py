@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from emrestore.errors import ConfigError, InputError
-from emrestore.simulate.multislice import MultisliceParams, column_sites, zone_axis_cell
+from emrestore.simulate.multislice import MultisliceParams, zone_axis_cell
 from emrestore.simulate.multislice_set import (
     load_reference_cells,
     reference_cells_from_scan,
@@ -21,36 +21,18 @@ from emrestore.simulate.multislice_set import (
 )
 from emrestore.simulate.sampler import SamplerConfig, simulate_pair
 
-SIGMA_A = 0.45
 PARAMS = MultisliceParams(voltage_kV=200, convergence_mrad=25, source_fwhm_A=0.5,
                           frozen_phonons=1)
 
 
-def gaussian_scan(cell, step_A=0.2):
-    """Periodic Gaussians of σ = 0.45 Å on every projected column, weighted by Σ Z² (a stand-in
-    for a HAADF cell scan; band-limited far below the sampling's Nyquist frequency)."""
-    lx, ly = cell.cell[0, 0], cell.cell[1, 1]
-    ny, nx = round(ly / step_A), round(lx / step_A)
-    y = np.arange(ny) * ly / ny
-    x = np.arange(nx) * lx / nx
-    sites = column_sites(cell)
-    weight = (sites["composition"] * np.arange(119) ** 2).sum(axis=1)
-    img = np.zeros((ny, nx))
-    for (py, px), wgt in zip(sites["position_A"], weight):
-        dy = (y[:, None] - py + ly / 2) % ly - ly / 2
-        dx = (x[None, :] - px + lx / 2) % lx - lx / 2
-        img += wgt * np.exp(-(dy**2 + dx**2) / (2 * SIGMA_A**2))
-    return (img / img.max() * 0.05).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
-def cells_file(tmp_path_factory):
+def cells_file(tmp_path_factory, gaussian_cell_scan):
     path = tmp_path_factory.mktemp("cells") / "cells.npz"
     cells = []
     for name, material, axis, split in (("SrTiO3[001]", "SrTiO3", (0, 0, 1), "test"),
                                          ("Si[110]", "Si", (1, 1, 0), "train")):
         cell = zone_axis_cell(material, axis, thickness_A=12.0)
-        scans = np.stack([gaussian_scan(cell) * 0.5, gaussian_scan(cell)])
+        scans = np.stack([gaussian_cell_scan(cell) * 0.5, gaussian_cell_scan(cell)])
         thick = [cell.cell[2, 2] / 2, cell.cell[2, 2]]
         cells += reference_cells_from_scan(name, material, axis, cell, scans, thick, PARAMS,
                                            split)
