@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader, Dataset
 from .._rng import log_uniform, uniform
 from ..errors import ConfigError, InputError
 from ..simulate.config import load_toml, to_dict
+from ..simulate.labels import visible_columns  # re-exported: the training labels use it
 from . import data as nndata
 from . import runs
 from .atomnet import (
@@ -257,35 +258,6 @@ def config_task(path_or_dict) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Labels
-
-
-def visible_columns(positions_px, species, atom_count=None, pixel_size_A: float | None = None,
-                    *, fraction: float = 0.2, radius_A: float = 2.0) -> np.ndarray:
-    """Boolean mask of the columns one can be asked to find in a HAADF-like image.
-
-    Each column scatters ∝ ``atom_count × Z^1.7`` (Z of its main species). A column is visible
-    when it scatters at least ``fraction`` as strongly as the strongest column within
-    ``radius_A`` of it (itself included): the oxygen columns beside strontium in SrTiO3, or an
-    atom displaced out of a thick column, are not; a two-atom column at a particle's edge beside
-    a five-atom one, or an isolated single atom, is. Without a pixel size, the comparison is
-    with every column of the image.
-    """
-    pos = np.asarray(positions_px, dtype=np.float64).reshape(-1, 2)
-    z = np.asarray(species, dtype=np.float64).reshape(-1)
-    if z.size == 0:
-        return np.zeros(0, bool)
-    count = np.ones_like(z) if atom_count is None else np.asarray(atom_count, float).reshape(-1)
-    w = np.clip(count, 1.0, None) * np.clip(z, 1.0, None) ** 1.7
-    if pixel_size_A is None or not np.isfinite(pixel_size_A) or pixel_size_A <= 0:
-        return w >= fraction * w.max()
-    from scipy.spatial import cKDTree
-
-    strongest = w.copy()
-    pairs = cKDTree(pos).query_pairs(radius_A / float(pixel_size_A), output_type="ndarray")
-    if len(pairs):
-        np.maximum.at(strongest, pairs[:, 0], w[pairs[:, 1]])
-        np.maximum.at(strongest, pairs[:, 1], w[pairs[:, 0]])
-    return w >= fraction * strongest
 
 
 def scene_visible(scene: dict[str, Any], data: AtomDataSection) -> np.ndarray:
