@@ -109,7 +109,9 @@ def test_twin_shares_geometry_and_truth_but_not_the_image(bench):
         # rounding for the aligned columns of a perfect crystal)
         np.testing.assert_allclose(a.truth_px, b.truth_px, rtol=0, atol=1e-9)
         np.testing.assert_array_equal(a.truth_species, b.truth_species)
-        assert len(a.truth_px) > 20
+        # Sr and Ti-O columns are truth; the O columns, which HAADF does not show, are hidden
+        assert len(a.truth_px) > 10 and len(a.hidden_px) > 10
+        np.testing.assert_allclose(a.hidden_px, b.hidden_px, rtol=0, atol=1e-9)
         assert np.isnan(a.truth_scs).all() and np.isnan(b.truth_scs).all()
         assert not np.array_equal(a.reference, b.reference)  # the image formation differs
         # ... but the same columns through the same probe: strongly correlated references
@@ -236,3 +238,15 @@ def test_command_line_options(cells_file, tmp_path):
     with pytest.raises(InputError, match=r"nope\.npz"):
         bad.handler(bad)
     assert not out.exists()  # refused before any work or folder
+
+
+def test_a_detection_at_a_hidden_column_is_neither_right_nor_wrong():
+    truth = np.array([[20.0, 20.0], [20.0, 30.0], [30.0, 20.0], [30.0, 30.0]])
+    hidden = np.array([[25.0, 25.0]])
+    found = np.vstack([truth, hidden + 0.3, [[40.0, 40.0]]])  # + one at a hidden site, + one stray
+    plain = P.score_positions(found, truth, (60, 60), border_px=4)
+    excused = P.score_positions(found, truth, (60, 60), border_px=4, ignore_px=hidden)
+    assert plain["n_matched"] == excused["n_matched"] == 4
+    assert plain["n_found"] == 6 and excused["n_found"] == 5  # the stray one still counts
+    assert excused["precision"] == pytest.approx(4 / 5)
+    assert plain["precision"] == pytest.approx(4 / 6)
