@@ -19,11 +19,12 @@ calibration specimens of ``benchmarks/calibrate_linear_model.py``), the training
 ``"train"`` cells (other materials and thicknesses), so a network is never scored on a crystal
 whose multislice image it was trained on.
 
-Rebuild the file (needs abTEM, minutes on a GPU, about an hour on 2 CPU cores)::
+Rebuild the file (needs abTEM; 46 + 14 min of multislice on 2 CPU cores, minutes on a GPU)::
 
-    python benchmarks/calibrate_linear_model.py -o runs/calibration --export-cells
-    python benchmarks/calibrate_linear_model.py --cases train -o runs/calibration-train \\
-        --export-cells
+    python benchmarks/calibrate_linear_model.py --workers 2 -o runs/calibration \\
+        --cache runs/ms-cache --export-cells
+    python benchmarks/calibrate_linear_model.py --cases train --phonons 2 --workers 2 \\
+        -o runs/calibration-train --cache runs/ms-cache --export-cells
 """
 
 from __future__ import annotations
