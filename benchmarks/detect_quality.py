@@ -23,15 +23,27 @@ the full 0.8 Å), an aberration-corrected probe, post-processing off, the
 detector takes 12 % of the beam (a HAADF detector's typical share, seed 000: at 2 % the frames
 hold almost no signal even at 10 000 e⁻/Å²), contrast neither inverted nor power-law.
 
-Truth: the simulator's column labels that are *visible*, at the positions where the columns
-show in the recorded frame (``position_recorded_px``: the scan jitter and drift move them off
-their physical positions by up to several pixels, which no detector can undo from one frame).
-A column scattering (∝ atom count × Z^1.7) less than 0.2 × the strongest column within 2 Å
-(oxygen beside strontium, an atom knocked out of a thick column) is ignored -- a detection
-there is neither right nor wrong (``nn.atomnet_train.visible_columns``). Columns within
-0.25 × spacing of the edge are ignored too. Matching: one to one within 0.25 × the median
-nearest-neighbour distance of the visible columns (``evaluate.metrics.match_points``); F1 pools
-the counts of all images of a dose.
+Truth: the simulator's column labels that the infinite-dose image can show, at the positions
+where the columns show in the recorded frame (``position_recorded_px``: the scan jitter and drift
+move them off their physical positions by up to several pixels, which no detector can undo from
+one frame). Two rules, both from the labels and the noise-free frame, never from a detector run:
+
+- *visible*: a column scattering (∝ atom count × Z^1.7) less than 0.2 × the strongest column
+  within 2 Å (oxygen beside strontium, an atom knocked out of a thick column) is hidden
+  (``simulate.labels.visible_columns``);
+- *resolved and shown* (``simulate.labels.detectable_columns``): columns the noise-free frame
+  does not separate (no dip of 5 % between them: a dumbbell an astigmatic or wide probe merges)
+  are one truth column at their centroid, up to 3 of them; larger smears, and columns with no
+  local maximum of the noise-free frame within the matching radius (a thin column on a thick
+  amorphous support), are hidden. Before this rule the truth asked for columns no image shows:
+  at 10 000 e⁻/Å² the best-tuned local maxima scored F1 0.40-0.99 on the *noise-free* Si [110]
+  frames and 0.69 at the vacancy scenes.
+
+A detection at a hidden column (or at a merged column's members) is neither right nor wrong.
+Columns within 0.25 × spacing of the edge are ignored too. Matching: one to one within 0.25 ×
+the median nearest-neighbour distance of the truth columns (``evaluate.metrics.match_points``);
+F1 pools the counts of all images of a dose. The script prints the truth's own ceiling: the F1
+of plain local maxima on the noise-free, undistorted frames.
 
 Methods:
 - ``network``: ``find_atoms(method="network")`` candidates (max-pool + box NMS), no parameters;
@@ -68,6 +80,7 @@ from emrestore.nn.atomnet_train import (
     visible_columns,
 )
 from emrestore.simulate.dose import DoseParams
+from emrestore.simulate.labels import detectable_columns, group_centroids
 from emrestore.simulate.postprocess import PostprocessParams
 from emrestore.simulate.sampler import SamplerConfig, aligned_crystal, simulate_pair
 
@@ -148,31 +161,43 @@ def make_set(per_dose: int, size: int, seed: int, doses=DOSES, paper_ranges: boo
             rng = np.random.default_rng([seed, k])
             kind = "multislice" if multislice else SCENES[(k + seed) % len(SCENES)]
             cfg = scene_config(kind, rng, dose, size, paper_ranges)
-            image, _, labels = simulate_pair(config=cfg, rng=rng)
+            image, clean, labels = simulate_pair(config=cfg, rng=rng)
             cols = labels["columns"]
             px = float(labels["pixel_size_A"])
             physical = np.asarray(cols["position_px"], float).reshape(-1, 2)
             # truth = where each column shows in the recorded frame (the scan moved it)
             pos = np.asarray(recorded_positions(cols), float).reshape(-1, 2)
             vis = visible_columns(physical, cols["species"], cols["atom_count"], px)
-            spacing = column_spacing_px(physical[vis])
+            # ... of the columns the noise-free frame resolves and shows (a dumbbell the probe
+            # does not split is one column; a smear or a column with no peak is asked of nobody)
+            groups = detectable_columns(clean, physical, vis, px) if len(physical) else \
+                np.zeros(0, int)
+            truth_physical = group_centroids(physical, groups)
+            spacing = column_spacing_px(truth_physical)
             if not np.isfinite(spacing):
                 continue
+            members = np.bincount(groups[groups >= 0], minlength=len(truth_physical))
+            single = np.zeros(len(groups), bool)
+            single[groups >= 0] = members[groups[groups >= 0]] == 1
             margin = labels["params"]["margin_px"]
             missing = (labels["params"].get("specimen", {}).get("defects", {})
                        .get("missing_columns", []))
             sites = np.array([m["yx_A"] for m in missing], float).reshape(-1, 2) / px - margin
             if len(sites) and len(pos):
                 d = np.linalg.norm(sites[:, None] - physical[None], axis=2)
-                keep = d.min(axis=1) > 0.5 * spacing   # a column wholly removed
+                # a column wholly removed (judged on the labels' own spacing: a merged
+                # dumbbell's partner stays at one label spacing from the site)
+                keep = d.min(axis=1) > 0.5 * column_spacing_px(physical[vis])
                 # a site moves with the scan like its nearest column
                 near = d.argmin(axis=1)
                 sites = (sites + pos[near] - physical[near])[keep]
             inner = np.all((sites > 0.25 * spacing) & (sites < size - 1 - 0.25 * spacing),
                            axis=1) if len(sites) else np.zeros(0, bool)
-            items.append({"dose": dose, "kind": kind, "image": image, "truth": pos[vis],
-                          "hidden": pos[~vis], "spacing": spacing, "sites": sites[inner],
-                          "pixel_size_A": px})
+            items.append({"dose": dose, "kind": kind, "image": image,
+                          "truth": group_centroids(pos, groups), "hidden": pos[~single],
+                          "spacing": spacing, "sites": sites[inner], "pixel_size_A": px,
+                          "clean": clean, "truth_physical": truth_physical,
+                          "hidden_physical": physical[~single]})
     return items
 
 
@@ -296,6 +321,14 @@ def run_set(args, model, doses, per_dose, tune_n, methods, multislice=False):
             pred = baseline(item, m, thr, k)
             times[m] += time.perf_counter() - t
             counts[(m, d)] += score(pred, item)
+
+    ceiling = np.zeros(5)
+    for item in test:  # the truth's own ceiling: local maxima on the noise-free frame
+        clean = dict(item, image=item["clean"], truth=item["truth_physical"],
+                     hidden=item["hidden_physical"], sites=np.zeros((0, 2)))
+        ceiling += score(baseline(clean, "peaks", None, 0.4), clean)
+    print(f"infinite-dose ceiling: local maxima (no threshold, separation 0.4 × spacing) on "
+          f"the noise-free, undistorted frames reach F1 {f1_of(ceiling):.4f}")
 
     print("\nF1 per dose (matching radius 0.25 × column spacing; counts pooled per dose)")
     print(f"{'dose e/Å²':>10} " + " ".join(f"{m:>15}" for m in methods))

@@ -9,7 +9,9 @@ from emrestore.simulate.labels import (
     circular_mask,
     column_radius_A,
     default_sigma_px,
+    detectable_columns,
     gaussian_mask,
+    group_centroids,
     mean_nearest_neighbour_spacing,
     nearest_neighbour_distances,
     sigma_from_fwhm,
@@ -110,3 +112,52 @@ def test_nearest_neighbour_distances_match_brute_force():
     np.fill_diagonal(d, np.inf)
     np.testing.assert_allclose(nearest_neighbour_distances(pts), d.min(axis=1))
     assert np.isnan(nearest_neighbour_distances([[1.0, 2.0]])).all()
+
+
+def _blobs(shape, centres, sigma, background=0.1):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    img = np.full(shape, background)
+    for y, x in centres:
+        img += np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * sigma ** 2))
+    return img
+
+
+def test_detectable_columns_merges_what_the_image_does_not_resolve():
+    # Two equal Gaussians are resolved (a dip between them) only beyond d = 2σ (Sparrow).
+    sigma = 3.0
+    pairs = [((20.0, 15.0), (20.0, 15.0 + 1.6 * sigma)),   # unresolved dumbbell
+             ((50.0, 15.0), (50.0, 15.0 + 3.0 * sigma))]   # resolved dumbbell
+    centres = [p for pair in pairs for p in pair]
+    img = _blobs((70, 40), centres, sigma)
+    groups = detectable_columns(img, centres, pixel_size_A=0.5, radius_A=10.0)
+    assert groups[0] == groups[1] >= 0
+    assert len({groups[2], groups[3], groups[0]}) == 3
+    cent = group_centroids(centres, groups)
+    assert len(cent) == 3
+    np.testing.assert_allclose(cent[groups[0]], (20.0, 15.0 + 0.8 * sigma))
+    np.testing.assert_allclose(cent[groups[2]], centres[2])
+
+
+def test_detectable_columns_hides_smears_peakless_columns_and_non_candidates():
+    sigma = 3.0
+    line = [(15.0, 10.0 + 1.5 * sigma * k) for k in range(5)]   # a row no probe separates
+    single = [(45.0, 20.0)]
+    ghost = [(45.0, 45.0)]            # labelled, but the image has no peak there
+    hidden = [(30.0, 45.0)]           # shows a peak but is not a candidate
+    img = _blobs((60, 60), line + single + hidden, sigma)
+    positions = line + single + ghost + hidden
+    candidates = np.array([True] * 7 + [False])
+    groups = detectable_columns(img, positions, candidates, pixel_size_A=1.0, radius_A=8.0)
+    assert np.all(groups[:5] == -1)                 # a smear of 5 > max_group
+    assert groups[5] == 0                           # the lone column is the only truth
+    assert groups[6] == -1 and groups[7] == -1
+    assert detectable_columns(img, line, pixel_size_A=1.0, radius_A=8.0,
+                              max_group=5).tolist() == [0] * 5
+
+
+def test_detectable_columns_rejects_bad_input():
+    with pytest.raises(InputError, match="2-D"):
+        detectable_columns(np.zeros((2, 3, 3)), [(1.0, 1.0)])
+    with pytest.raises(InputError, match="one entry per column"):
+        detectable_columns(np.zeros((8, 8)), [(1.0, 1.0)], [True, False])
+    assert detectable_columns(np.zeros((8, 8)), np.zeros((0, 2))).shape == (0,)

@@ -24,6 +24,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from ..errors import InputError
@@ -33,7 +36,9 @@ __all__ = [
     "circular_mask",
     "column_radius_A",
     "default_sigma_px",
+    "detectable_columns",
     "gaussian_mask",
+    "group_centroids",
     "mean_nearest_neighbour_spacing",
     "nearest_neighbour_distances",
     "sigma_from_fwhm",
@@ -223,3 +228,101 @@ def visible_columns(positions_px, species, atom_count=None, pixel_size_A: float 
         np.maximum.at(strongest, pairs[:, 0], w[pairs[:, 1]])
         np.maximum.at(strongest, pairs[:, 1], w[pairs[:, 0]])
     return w >= fraction * strongest
+
+
+def detectable_columns(clean, positions_px, candidates=None, pixel_size_A: float | None = None,
+                       *, min_dip: float = 0.05, max_group: int = 3, radius_A: float = 2.0,
+                       match_fraction: float = 0.25) -> np.ndarray:
+    """Which columns the noise-free image can show, as a group index per column (-1: none).
+
+    The labels know every column; the image at infinite dose does not show them all: a probe
+    that does not resolve a dumbbell images its two columns as one peak, and a thin column on a
+    thick amorphous support makes no peak of its own. A detection benchmark that asks for them
+    counts misses no detector can avoid (at 10 000 e⁻/Å² the best-tuned local maxima on the
+    *clean* frames of benchmarks/detect_quality.py reached F1 0.70 on Si [110] and 0.84 at
+    vacancies). This keeps what a perfect detector could report:
+
+    1. **Resolution**: two ``candidates`` closer than ``radius_A`` are resolved when the clean
+       image, sampled on the straight segment between them, dips below the lower of the two by at
+       least ``min_dip`` × its height above the image's floor (1st percentile): Sparrow's
+       criterion with a margin. Unresolved pairs are joined (connected components); a group of
+       at most ``max_group`` columns is one column of the truth, at its centroid
+       (:func:`group_centroids`); a larger group is a smear, not a column, and is dropped.
+    2. **Shown**: a group is kept only if the clean image has a local maximum (3 × 3) within
+       ``match_fraction`` × the groups' nearest-neighbour spacing of its centroid.
+
+    Parameters
+    ----------
+    clean : (H, W) noise-free, undistorted image (the simulator's truth image, any units).
+    positions_px : (N, 2) column positions (y, x) on that image, pixels.
+    candidates : (N,) bool mask of the columns to consider (e.g. :func:`visible_columns`);
+        default all.
+    pixel_size_A : Å per pixel (for ``radius_A``); without it the radius is 20 px.
+
+    Returns an int array (N,): the group index (0 … G-1) of every kept column, -1 for the rest.
+    Columns outside the image are never shown.
+    """
+    img = np.asarray(clean, dtype=np.float64)
+    if img.ndim != 2:
+        raise InputError(f"clean must be a 2-D image, got shape {img.shape}")
+    pos = _positions(positions_px)
+    n = len(pos)
+    groups = np.full(n, -1, dtype=np.int64)
+    cand = np.ones(n, bool) if candidates is None else np.asarray(candidates, bool).reshape(-1)
+    if cand.shape != (n,):
+        raise InputError(f"candidates must have one entry per column ({n}), got {cand.shape}")
+    h, w = img.shape
+    inside = ((pos[:, 0] > -0.5) & (pos[:, 0] < h - 0.5) & (pos[:, 1] > -0.5)
+              & (pos[:, 1] < w - 0.5))
+    idx = np.flatnonzero(cand & inside)
+    if len(idx) == 0:
+        return groups
+    p = pos[idx]
+    floor = float(np.percentile(img, 1))
+    radius_px = radius_A / pixel_size_A if pixel_size_A else 20.0
+    pairs = cKDTree(p).query_pairs(radius_px, output_type="ndarray")
+    joined = []
+    for a, b in pairs:
+        steps = max(int(np.ceil(4 * np.linalg.norm(p[b] - p[a]))), 8)
+        t = np.linspace(0.0, 1.0, steps + 1)
+        profile = ndimage.map_coordinates(img, p[a][:, None] + (p[b] - p[a])[:, None] * t,
+                                          order=1, mode="nearest")
+        lower = min(profile[0], profile[-1])
+        if lower - profile.min() < min_dip * max(lower - floor, 0.0) or lower <= floor:
+            joined.append((a, b))
+    m = len(p)
+    if joined:
+        e = np.asarray(joined)
+        graph = coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(m, m))
+        comp = connected_components(graph, directed=False)[1]
+    else:
+        comp = np.arange(m)
+    size = np.bincount(comp)
+    centroids = group_centroids(p, comp)
+    keep = size <= max_group
+    spacing = mean_nearest_neighbour_spacing(centroids[keep], statistic="median") \
+        if keep.sum() >= 2 else float(max(h, w))
+    peaks = np.argwhere((img == ndimage.maximum_filter(img, size=3, mode="nearest"))
+                        & (img > ndimage.minimum_filter(img, size=3, mode="nearest")))  # no flats
+    if len(peaks):
+        dist = cKDTree(peaks).query(centroids)[0]
+        keep &= dist <= match_fraction * spacing
+    else:
+        keep[:] = False
+    new_id = np.full(len(size), -1)
+    new_id[keep] = np.arange(int(keep.sum()))
+    groups[idx] = new_id[comp]
+    return groups
+
+
+def group_centroids(positions_px, groups) -> np.ndarray:
+    """(G, 2) mean position of each group ``0 … G-1`` (:func:`detectable_columns`); entries of
+    ``groups`` below 0 are left out. The same groups map the physical positions and the recorded
+    ones (moved by the scan) alike."""
+    pos = _positions(positions_px)
+    g = np.asarray(groups).reshape(-1)
+    use = g >= 0
+    count = np.bincount(g[use], minlength=int(g.max()) + 1 if use.any() else 0)
+    total = np.zeros((len(count), 2))
+    np.add.at(total, g[use], pos[use])
+    return total / np.maximum(count, 1)[:, None]
