@@ -2,7 +2,7 @@
 
     python benchmarks/restore_quality.py [--per-dose 12] [--model stem-hr] [--no-bm3d]
                                          [--sets linear,multislice,twin]
-                                         [--pixel-range 0.08,0.2]
+                                         [--pixel-range 0.08,0.2] [--by-specimen MIN_DOSE]
 
 Test set: 256² HR-STEM images of named crystals on random zone axes (0.08-0.2 Å pixels;
 ``--pixel-range 0.3,0.7`` gives the coarse sampling of survey frames such as the real 0.54 Å
@@ -112,6 +112,40 @@ def test_set(per_dose: int, size: int = 256, seed: int = 2024, paper_ranges: boo
                     multislice_model="linear" if kind == "twin" else "multislice")
             distorted, clean, labels = simulate_pair(config=config, rng=rng)
             yield dose, distorted, clean, labels
+
+
+def specimen_name(labels) -> str:
+    """The specimen of a test image: the multislice cell's name, or material [zone axis]."""
+    params = labels["params"]
+    if params.get("reference_cell"):
+        return str(params["reference_cell"]["cell"])
+    spec = params.get("specimen", {})
+    material = spec.get("crystal", {}).get("material", "?")
+    zone = spec.get("orientation", {}).get("zone_axis")
+    return f"{material}[{''.join(str(int(v)) for v in zone)}]" if zone else str(material)
+
+
+def print_by_specimen(data, rows, names, min_dose: float) -> None:
+    """Mean PSNR per specimen over the images at doses ≥ ``min_dose`` (the content breakdown
+    behind a set's mean)."""
+    seen: dict[float, int] = {}
+    groups: dict[str, dict[str, list]] = {}
+    for dose, _, _, lab in data:
+        i = seen.get(dose, 0)
+        seen[dose] = i + 1
+        if dose < min_dose:
+            continue
+        g = groups.setdefault(specimen_name(lab), {})
+        for name in names:
+            if f"{name}_psnr" in rows[dose]:
+                g.setdefault(name, []).append(rows[dose][f"{name}_psnr"][i])
+    print(f"\nPSNR (dB) per specimen, doses >= {min_dose:g} e⁻/Å²:")
+    print(f"  {'specimen':34s} {'n':>3s} " + " ".join(f"{n:>14s}" for n in names))
+    for key in sorted(groups):
+        g = groups[key]
+        n = len(next(iter(g.values())))
+        print(f"  {key:34s} {n:3d} " + " ".join(
+            f"{np.mean(g[name]):14.2f}" if name in g else f"{'':14s}" for name in names))
 
 
 def _detector(labels):
@@ -252,6 +286,8 @@ def main() -> None:
     parser.add_argument("--pixel-range", default="0.08,0.2",
                         help="pixel-size range LO,HI in Å (default: the test set's 0.08,0.2; "
                              "0.3,0.7 probes coarse sampling like the real 0.54 Å REBCO frame)")
+    parser.add_argument("--by-specimen", type=float, default=None, metavar="MIN_DOSE",
+                        help="also print the mean PSNR per specimen over the doses >= MIN_DOSE")
     parser.add_argument("--paper-ranges", action="store_true",
                         help="the sampler's full detector-fraction and jitter ranges (stress set)")
     args = parser.parse_args()
@@ -287,6 +323,8 @@ def main() -> None:
         print(f"\n== {kind} set: {len(data)} images 256², {pixel_range[0]}-{pixel_range[1]} Å "
               f"pixels, doses {DOSES} e⁻/Å², every STEM distortion on ({ranges})")
         results[kind] = evaluate(data, args, models, label, have_tk, seconds)
+        if args.by_specimen is not None:
+            print_by_specimen(data, results[kind], workflows(label), args.by_specimen)
     print_gaps(results, label)
     print("\nseconds per 256² image: " + ", ".join(f"{k} {v / n:.3f}" for k, v in seconds.items()))
 
