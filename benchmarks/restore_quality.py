@@ -139,6 +139,7 @@ def print_by_specimen(data, rows, names, min_dose: float) -> None:
         for name in names:
             if f"{name}_psnr" in rows[dose]:
                 g.setdefault(name, []).append(rows[dose][f"{name}_psnr"][i])
+    names = [n for n in names if any(n in g for g in groups.values())]
     print(f"\nPSNR (dB) per specimen, doses >= {min_dose:g} e⁻/Å²:")
     print(f"  {'specimen':34s} {'n':>3s} " + " ".join(f"{n:>14s}" for n in names))
     for key in sorted(groups):
