@@ -1,6 +1,7 @@
 """Atom-finder network: shapes, decoding, scale handling, labels, training, export and the zoo."""
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -29,6 +30,7 @@ from emrestore.nn.atomnet_train import (  # noqa: E402
     detection_counts,
     export_atomnet,
     make_atom_example,
+    scene_targets,
     train_atomnet_from_config,
     visible_columns,
 )
@@ -328,3 +330,35 @@ def test_config_maps_one_to_one(tmp_path):
         train_atomnet_from_config(tiny_atoms_config(
             tmp_path, data={"source": "synthetic", "input": "restored",
                             "restore_model": "no-such-model"}), progress=False)
+
+
+def test_detectable_labels_merge_what_the_clean_image_does_not_resolve():
+    # two columns 3 px apart under σ = 2.5 px blobs (one peak) and one lone column; the scan has
+    # moved every recorded position by (0.5, -1) px
+    physical = np.array([[20.0, 20.0], [20.0, 23.0], [40.0, 40.0]])
+    yy, xx = np.mgrid[0:64, 0:64]
+    clean = 0.1 + sum(np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 2.5**2)) for y, x in physical)
+    scene = {"positions": physical + np.array([0.5, -1.0]), "physical_positions": physical,
+             "species": np.array([30, 30, 30]), "atom_count": np.array([10, 10, 10]),
+             "pixel_size_A": 0.2, "clean": clean}
+    data = AtomTrainConfig.from_dict({"data": {"source": "synthetic"}}).data
+    pos, vis = scene_targets(scene, data)
+    assert pos.shape == (3, 2) and vis.tolist() == [True, True, True]
+    detectable = dataclasses.replace(data, labels="detectable")
+    pos, vis = scene_targets(scene, detectable)
+    assert vis.tolist() == [True, True]
+    np.testing.assert_allclose(sorted(pos.tolist()), [[20.5, 20.5], [40.5, 39.0]])
+    with pytest.raises(InputError, match="noise-free image"):
+        scene_targets({k: v for k, v in scene.items() if k != "clean"}, detectable)
+    with pytest.raises(ConfigError, match=r"data\.labels"):
+        AtomTrainConfig.from_dict({"data": {"source": "synthetic", "labels": "all"}})
+
+
+def test_training_runs_with_detectable_labels(tmp_path):
+    cfg = tiny_atoms_config(tmp_path, steps=2)
+    cfg["data"]["labels"] = "detectable"
+    last = train_atomnet_from_config(cfg, progress=False)
+    rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2] and rows[-1]["val_f1"] != ""
+    card = export_atomnet(last, "tiny-detectable", out_dir=tmp_path / "weights")
+    assert json.loads(card.with_suffix(".json").read_text())["labels"] == "detectable"

@@ -50,7 +50,11 @@ from torch.utils.data import DataLoader, Dataset
 from .._rng import log_uniform, uniform
 from ..errors import ConfigError, InputError
 from ..simulate.config import load_toml, to_dict
-from ..simulate.labels import visible_columns  # re-exported: the training labels use it
+from ..simulate.labels import (  # visible_columns re-exported: the training labels use it
+    detectable_columns,
+    group_centroids,
+    visible_columns,
+)
 from . import data as nndata
 from . import runs
 from .atomnet import (
@@ -69,6 +73,7 @@ from .normalise import DEFAULT_PARAMS, normalisation_card, normalise
 INPUTS = ("raw", "restored", "both")
 CONFIDENCE_LOSSES = ("bce", "focal", "mse")
 KINDS = ("crystal", "nanoparticle", "points", "amorphous")
+LABELS = ("visible", "detectable")
 
 # ---------------------------------------------------------------------------------------------
 # Configuration
@@ -120,6 +125,11 @@ class AtomDataSection:
     visible_fraction, visible_radius_A : a column is visible when it scatters (∝ atom count ×
         Z^1.7) at least this fraction as strongly as the strongest column within this radius
         (Å); see :func:`visible_columns`.
+    labels : "visible" (every visible column is a target) or "detectable" (the columns the
+        noise-free image resolves and shows, :func:`~emrestore.simulate.labels.detectable_columns`:
+        a dumbbell the probe merges is one target at its centroid, a column with no peak is
+        hidden; the truth of ``benchmarks/detect_quality.py``). The spacing used for resampling
+        and for the spacing head stays that of the visible columns.
     min_columns : images with fewer visible columns are skipped.
     min_spacing_A : images whose visible columns are closer than this (median nearest-neighbour
         distance, Å) are skipped: the probe does not resolve them.
@@ -152,6 +162,7 @@ class AtomDataSection:
     wide_spacing_px: tuple[float, float] = (3.0, 48.0)
     visible_fraction: float = 0.2
     visible_radius_A: float = 2.0
+    labels: str = "visible"
     min_columns: int = 4
     min_spacing_A: float = 1.2
     spacing_px: tuple[float, float] = (2.5, 96.0)
@@ -179,6 +190,8 @@ class AtomDataSection:
         if not 0.0 <= self.visible_fraction <= 1.0:
             raise ConfigError(f"data.visible_fraction must lie in 0-1, got "
                               f"{self.visible_fraction}")
+        if self.labels not in LABELS:
+            raise ConfigError(f"data.labels must be one of {LABELS}, got {self.labels!r}")
         bad = sorted(set(self.kinds) - set(KINDS))
         if bad or not self.kinds:
             raise ConfigError(f"data.kinds: unknown or no specimen kinds {bad}; choose from "
@@ -265,6 +278,26 @@ def scene_visible(scene: dict[str, Any], data: AtomDataSection) -> np.ndarray:
     return visible_columns(scene["positions"], scene["species"], scene.get("atom_count"),
                            scene.get("pixel_size_A"), fraction=data.visible_fraction,
                            radius_A=data.visible_radius_A)
+
+
+def scene_targets(scene: dict[str, Any], data: AtomDataSection) -> tuple[np.ndarray, np.ndarray]:
+    """``(positions, targets)`` of a scene's training labels: (N, 2) positions in the image's
+    pixels and a bool mask of the ones to find (the others are hidden: no loss near them).
+    ``data.labels = "detectable"`` needs the scene's noise-free ``clean`` image and its
+    ``physical_positions`` (undistorted; ``positions`` may be moved by the scan)."""
+    pos = np.asarray(scene["positions"], float).reshape(-1, 2)
+    vis = scene_visible(scene, data)
+    if data.labels == "visible":
+        return pos, vis
+    if scene.get("clean") is None:
+        raise InputError("data.labels = 'detectable' needs the noise-free image of every scene "
+                         "(libraries written by `emrestore simulate` hold it as 'clean')")
+    physical = np.asarray(scene.get("physical_positions", pos), float).reshape(-1, 2)
+    groups = detectable_columns(scene["clean"], physical, vis, scene.get("pixel_size_A"))
+    centroids = group_centroids(pos, groups)
+    hidden = pos[groups < 0]  # a kept group's members are its centroid, not hidden
+    return (np.concatenate([centroids, hidden]),
+            np.concatenate([np.ones(len(centroids), bool), np.zeros(len(hidden), bool)]))
 
 
 def column_spacing_px(positions) -> float:
@@ -411,7 +444,7 @@ class SyntheticAtoms:
         clean = (gy * amp[:, None]).T @ gx + 0.1
         image = rng.poisson(clean * log_uniform(rng, self.peak_counts)).astype(np.float32)
         return {"image": image, "positions": pos, "species": species, "atom_count": count,
-                "kind": "crystal", "pixel_size_A": None}
+                "kind": "crystal", "pixel_size_A": None, "clean": clean}
 
 
 @dataclass(frozen=True)
@@ -430,10 +463,11 @@ class SimulatorAtoms:
     def __call__(self, rng: np.random.Generator) -> dict[str, Any]:
         from ..simulate.sampler import simulate_pair
 
-        distorted, _, labels = simulate_pair(config=self.config(), rng=rng)
+        distorted, clean, labels = simulate_pair(config=self.config(), rng=rng)
         cols = labels["columns"]
         support = labels["params"].get("specimen", {}).get("support") or {}
         return {"image": distorted, "positions": np.asarray(recorded_positions(cols), float),
+                "clean": clean, "physical_positions": np.asarray(cols["position_px"], float),
                 "species": np.asarray(cols["species"]),
                 "atom_count": np.asarray(cols["atom_count"]),
                 "kind": str(labels["params"].get("specimen_kind", "")),
@@ -520,8 +554,8 @@ class LibraryIndex:
 class _LibraryReader:
     """Opens a library (and its restored side file) lazily, per worker process."""
 
-    def __init__(self, path: Path, restored: Path | None):
-        self.path, self.restored = path, restored
+    def __init__(self, path: Path, restored: Path | None, with_clean: bool = False):
+        self.path, self.restored, self.with_clean = path, restored, with_clean
         self._h5 = self._r5 = None
 
     def __getstate__(self):
@@ -544,6 +578,9 @@ class _LibraryReader:
                  "species": h5["columns/species"][lo:hi],
                  "atom_count": h5["columns/atom_count"][lo:hi],
                  "pixel_size_A": float(h5["scalars/pixel_size_A"][i])}
+        if self.with_clean:  # for data.labels = "detectable"
+            scene["clean"] = h5["clean"][i]
+            scene["physical_positions"] = h5["columns/position_px"][lo:hi]
         return np.stack(chans), scene
 
 
@@ -568,15 +605,15 @@ class AtomLibraryDataset(Dataset):
             raise InputError(f"{index.path}: no usable training images (check data.kinds, "
                              "data.min_spacing_A and data.spacing_px)")
         self.cfg = cfg
-        self.reader = _LibraryReader(index.path, restored)
+        self.reader = _LibraryReader(index.path, restored, cfg.data.labels == "detectable")
 
     def __len__(self) -> int:
         return int(self.items.size)
 
     def example(self, k: int, rng) -> dict[str, torch.Tensor]:
         chans, scene = self.reader.scene(int(self.index.indices[k]))
-        vis = scene_visible(scene, self.cfg.data)
-        return make_atom_example(_channels(chans, self.cfg.data), scene["positions"], vis,
+        pos, vis = scene_targets(scene, self.cfg.data)
+        return make_atom_example(_channels(chans, self.cfg.data), pos, vis,
                                  float(self.index.spacings[k]), rng, data=self.cfg.data,
                                  net=self.cfg.model)
 
@@ -609,12 +646,12 @@ class AtomStream(nndata.BatchStream):
             if s is None:
                 continue
             chans = scene_channels(scene, self.restore_fn)
-            vis = scene_visible(scene, cfg.data)
+            pos, vis = scene_targets(scene, cfg.data)
             x = _channels(chans, cfg.data)
             for _ in range(cfg.data.crops_per_image):
                 if len(examples) == cfg.batch_size:
                     break
-                examples.append(make_atom_example(x, np.asarray(scene["positions"]), vis, s,
+                examples.append(make_atom_example(x, pos, vis, s,
                                                   crop_rng, data=cfg.data, net=cfg.model))
         return nndata.collate(examples)
 
@@ -684,8 +721,7 @@ def _validation_items(cfg: AtomTrainConfig, held: list[tuple], source=None, rest
     if held:
         for reader, i, s in held:
             chans, scene = reader.scene(i)
-            vis = scene_visible(scene, cfg.data)
-            pos = np.asarray(scene["positions"], float)
+            pos, vis = scene_targets(scene, cfg.data)
             items.append({"x": _channels(chans, cfg.data), "truth": pos[vis],
                           "hidden": pos[~vis], "spacing": s})
         return items
@@ -698,8 +734,7 @@ def _validation_items(cfg: AtomTrainConfig, held: list[tuple], source=None, rest
         s = usable_spacing(scene, cfg.data)
         if s is None:
             continue
-        vis = scene_visible(scene, cfg.data)
-        pos = np.asarray(scene["positions"], float)
+        pos, vis = scene_targets(scene, cfg.data)
         items.append({"x": _channels(scene_channels(scene, restore_fn), cfg.data),
                       "truth": pos[vis], "hidden": pos[~vis], "spacing": s})
     return items
@@ -828,7 +863,7 @@ def _data(cfg: AtomTrainConfig, start_step: int, progress: bool):
             if n_val < 1:
                 raise InputError(f"{path}: too few usable images ({order.size}) to hold out a "
                                  "validation set")
-            reader = _LibraryReader(index.path, restored)
+            reader = _LibraryReader(index.path, restored, cfg.data.labels == "detectable")
             held = [(reader, int(index.indices[k]), float(index.spacings[k]))
                     for k in order[order.size - n_val:]]
             order = order[: order.size - n_val]
@@ -960,6 +995,7 @@ def export_atomnet(checkpoint: str | os.PathLike, name: str = "atoms-hr", *,
         "decode": {"method": "nms", "threshold": float(threshold),
                    "iou_threshold": float(iou_threshold)},
         "visible_fraction": d.visible_fraction,
+        "labels": d.labels,
         "normalisation": normalisation_card(**d.normalisation),
         **runs.card_geometry(model, ConfidenceOnly(model)),
         "training": runs.card_training(meta, cfg, to_dict(cfg.loss)),
