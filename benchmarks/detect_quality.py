@@ -73,14 +73,9 @@ import time
 
 import numpy as np
 
-from emrestore.nn.atomnet_train import (
-    column_spacing_px,
-    detection_counts,
-    recorded_positions,
-    visible_columns,
-)
+from emrestore.nn.atomnet_train import column_spacing_px, detection_counts, recorded_positions
 from emrestore.simulate.dose import DoseParams
-from emrestore.simulate.labels import detectable_columns, group_centroids
+from emrestore.simulate.labels import detectable_columns, group_centroids, visible_columns
 from emrestore.simulate.postprocess import PostprocessParams
 from emrestore.simulate.sampler import SamplerConfig, aligned_crystal, simulate_pair
 
@@ -170,8 +165,7 @@ def make_set(per_dose: int, size: int, seed: int, doses=DOSES, paper_ranges: boo
             vis = visible_columns(physical, cols["species"], cols["atom_count"], px)
             # ... of the columns the noise-free frame resolves and shows (a dumbbell the probe
             # does not split is one column; a smear or a column with no peak is asked of nobody)
-            groups = detectable_columns(clean, physical, vis, px) if len(physical) else \
-                np.zeros(0, int)
+            groups = detectable_columns(clean, physical, vis, px)
             truth_physical = group_centroids(physical, groups)
             spacing = column_spacing_px(truth_physical)
             if not np.isfinite(spacing):

@@ -128,7 +128,7 @@ def specimen_name(labels) -> str:
 def print_by_specimen(data, rows, names, min_dose: float) -> None:
     """Mean PSNR per specimen over the images at doses ≥ ``min_dose`` (the content breakdown
     behind a set's mean)."""
-    seen: dict[float, int] = {}
+    seen: dict[float, int] = {}  # evaluate() appends each dose's images in data order
     groups: dict[str, dict[str, list]] = {}
     for dose, _, _, lab in data:
         i = seen.get(dose, 0)
