@@ -250,3 +250,20 @@ def test_a_detection_at_a_hidden_column_is_neither_right_nor_wrong():
     assert plain["n_found"] == 6 and excused["n_found"] == 5  # the stray one still counts
     assert excused["precision"] == pytest.approx(4 / 5)
     assert plain["precision"] == pytest.approx(4 / 6)
+
+
+def test_twin_renders_with_the_calibrated_profiles(bench):
+    """The twin is the linear model after the multislice calibration: its atom-profile ranges
+    are the packaged calibrated ones, which are the ranges of configs/sampler-calibrated.toml."""
+    from pathlib import Path
+
+    from emrestore.simulate.profiles import MULTISLICE_CALIBRATED_PROFILES
+    from emrestore.simulate.sampler import SamplerConfig
+
+    twin = P.sampler_config("Pt", (0, 0, 1), 1000.0, 200.0, bench, multislice_model="linear")
+    ms = P.sampler_config("Pt", (0, 0, 1), 1000.0, 200.0, bench, multislice_model="multislice")
+    assert twin.profiles == MULTISLICE_CALIBRATED_PROFILES
+    assert twin.profiles.gamma_range[1] > ms.profiles.gamma_range[1]
+    toml = Path(__file__).resolve().parents[2] / "configs" / "sampler-calibrated.toml"
+    if toml.exists():  # a source checkout: the training configs and the package must agree
+        assert SamplerConfig.from_toml(toml).profiles == MULTISLICE_CALIBRATED_PROFILES

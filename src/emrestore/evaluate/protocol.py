@@ -23,7 +23,8 @@ image, in the same detector units) and the true column positions and scattering 
   crystals) at a random in-plane rotation and shift, recorded at every dose of the dose series
   through the dose series' contrast, detector and scan chain. Its **twin**
   (``"multislice-twin"``) draws from the same seeds: the same cell, rotation, shift, dose, noise
-  and distortions, with the signal rendered by the fast linear model (the simulator's own)
+  and distortions, with the signal rendered by the fast linear model (the simulator's own, with
+  the atom-profile ranges of the multislice calibration that the training libraries use)
   through the same probe. Only the image formation differs (channelling and thermal diffuse
   scattering against the linear model), so multislice − twin is the gap between the two
   simulators. Both are scored against the same true columns, chosen from the labels alone (enough
@@ -274,7 +275,9 @@ def sampler_config(material: str, zone: Sequence[int], dose_e_per_A2: float, thi
     ``multislice_model`` (``"multislice"`` or ``"linear"``, with ``ideal=False``): every frame's
     signal is a ``"test"`` reference cell of ``bench.multislice_cells`` (the packaged file when
     None) rendered by that model, with the cell's own probe and thickness; the material,
-    thickness and probe settings above then do not apply, the rest of the chain does.
+    thickness and probe settings above then do not apply, the rest of the chain does. The
+    linear twin draws its atom profiles from the calibrated ranges
+    (``simulate.profiles.MULTISLICE_CALIBRATED_PROFILES``), as the training libraries do.
     """
     from ..simulate.dose import DoseParams
     from ..simulate.sampler import SamplerConfig, aligned_crystal
@@ -320,6 +323,11 @@ def sampler_config(material: str, zone: Sequence[int], dose_e_per_A2: float, thi
         config = dataclasses.replace(config, multislice_fraction=1.0, multislice_split="test",
                                      multislice_model=multislice_model,
                                      multislice_cells=bench.multislice_cells)
+        if multislice_model == "linear":
+            # the twin is the linear model the training data come from: after the calibration
+            from ..simulate.profiles import MULTISLICE_CALIBRATED_PROFILES
+
+            config = dataclasses.replace(config, profiles=MULTISLICE_CALIBRATED_PROFILES)
     return config
 
 
