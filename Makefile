@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.install-stamp
 DEMO_OUT ?= demo_output
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench peers clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,19 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/simulate_speed.py
+
+# The GPL peers (tk_r_em, benchmark only: never a dependency) live in their own venv, beside
+# emrestore, so that `restore_quality.py` can run both in one process. TensorFlow 2.14 needs
+# numpy < 2 and Python <= 3.11.
+PEERS ?= .venv-peers
+peers:
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install --quiet --upgrade pip
+	$(PEERS)/bin/pip install --quiet "torch==2.13.0" || \
+	    $(PEERS)/bin/pip install --quiet "torch>=2.1" --index-url https://download.pytorch.org/whl/cpu
+	$(PEERS)/bin/pip install --quiet "tensorflow-cpu==2.14.1" tk_r_em bm3d "numpy<2"
+	$(PEERS)/bin/pip install --quiet -e ".[nn]" "numpy<2"
+	@echo "now: TF_CPP_MIN_LOG_LEVEL=2 $(PEERS)/bin/python benchmarks/restore_quality.py"
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache
