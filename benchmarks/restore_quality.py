@@ -4,6 +4,7 @@
                                          [--sets linear,multislice,twin]
                                          [--pixel-range 0.08,0.2] [--by-specimen MIN_DOSE]
                                          [--profiles-from configs/sampler-calibrated.toml]
+                                         [--ceiling]
 
 Test set: 256² HR-STEM images of named crystals on random zone axes (0.08-0.2 Å pixels;
 ``--pixel-range 0.3,0.7`` gives the coarse sampling of survey frames such as the real 0.54 Å
@@ -41,6 +42,11 @@ it isolates the physics. Multislice minus linear compares different crystals, so
 content too and carries ± 0.5-0.7 dB of sampling error. ``--profiles-from
 configs/sampler-calibrated.toml`` renders the linear and twin sets with the calibrated atom
 profiles (the linear model after the calibration; docs/simulation.md §6).
+
+``--ceiling`` also scores every image recorded without shot noise (10⁷ e⁻/Å², same seeds): the
+raw frame and its best Gaussian filter. The truth has no scan or detector distortion, so this is
+about the best a workflow that removes noise but not the distortions (jitter, line jitter,
+drift, line gain, ...) can reach; a workflow above it undoes distortions.
 
 PSNR and SSIM use the data range of the truth image (max - min). Column precision: every true
 crystal column (≥ 2 atoms) at least 8 px from the border is refined with emrestore's joint
