@@ -69,7 +69,7 @@ def _rows(result, series):
 
 # ------------------------------------------------------------------------------------------------
 def test_config_defaults_and_checks():
-    assert P.BenchmarkConfig().multislice_images == 3
+    assert P.BenchmarkConfig().multislice_images == 12
     assert P.BenchmarkConfig.quick().multislice_images == 1
     assert P.BenchmarkConfig().multislice_cells is None
     with pytest.raises(ConfigError):

@@ -126,3 +126,16 @@ def test_benchmark_command_end_to_end(tmp_path, capsys):
     bad = parser.parse_args(["benchmark", "--doses", "lots"])
     with pytest.raises(InputError, match="--doses"):
         R.config_from_args(bad)
+
+
+def test_multislice_gap_verdict_is_per_workflow():
+    """One workflow outside the 1 dB target does not put the others outside it."""
+    from emrestore.evaluate.report import _largest_gap_text
+
+    text = _largest_gap_text([(1.15, "gaussian", 200.0), (0.70, "gaussian", 500.0),
+                              (0.73, "stem-hr", 200.0), (-0.86, "stem-hr", 500.0)])
+    assert text.startswith("largest +1.15 dB (gaussian at 200 e⁻/Å²)")
+    assert "within the 1 dB target at every dose: stem-hr" in text
+    assert "outside it: gaussian (+1.15 dB at 200 e⁻/Å²)" in text
+    inside = _largest_gap_text([(0.4, "stem-hr", 200.0), (-0.9, "stem-hr", 1000.0)])
+    assert "outside" not in inside and inside.startswith("largest -0.90 dB")

@@ -322,10 +322,23 @@ def _psnr_gaps(gap: Sequence[dict]) -> list[tuple[float, str, float]]:
 
 
 def _largest_gap_text(ps: Sequence[tuple[float, str, float]]) -> str:
+    """The largest gap, then the verdict workflow by workflow: the target is about what each
+    workflow's output loses on multislice, so one filter outside it says nothing of the others."""
     g, wf, dose = max(ps, key=lambda p: abs(p[0]))
-    verdict = "within" if abs(g) <= GAP_TARGET_DB else "outside"
-    return (f"largest {g:+.2f} dB ({wf} at {dose:g} e⁻/Å²): {verdict} the "
-            f"{GAP_TARGET_DB:g} dB target")
+    worst: dict[str, tuple[float, float]] = {}
+    for gap_db, name, d in ps:
+        if name not in worst or abs(gap_db) > abs(worst[name][0]):
+            worst[name] = (gap_db, d)
+    inside = [name for name, (w, _) in worst.items() if abs(w) <= GAP_TARGET_DB]
+    outside = [f"{name} ({w:+.2f} dB at {d:g} e⁻/Å²)" for name, (w, d) in worst.items()
+               if abs(w) > GAP_TARGET_DB]
+    text = f"largest {g:+.2f} dB ({wf} at {dose:g} e⁻/Å²)"
+    if inside:
+        text += (f"; within the {GAP_TARGET_DB:g} dB target at every dose: "
+                 + ", ".join(inside))
+    if outside:
+        text += f"; outside it: {', '.join(outside)}"
+    return text
 
 
 def _summary_lines(result: BenchmarkResult, markdown: bool) -> list[str]:
@@ -1195,7 +1208,7 @@ def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
                    "jitter off)")
     p.add_argument("--multislice-images", type=int, default=None, metavar="N",
                    help="scenes of the multislice set, each also rendered by the linear model "
-                   "(its twin) and recorded at every dose (default 3, 1 with --quick; 0 "
+                   "(its twin) and recorded at every dose (default 12, 1 with --quick; 0 "
                    "switches it off)")
     p.add_argument("--multislice-cells", default=None, metavar="PATH",
                    help="multislice reference-cell file (.npz from benchmarks/"
