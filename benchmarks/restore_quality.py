@@ -306,9 +306,10 @@ def print_ceiling(args, pixel_range, profiles, sets) -> None:
 
 
 def print_gaps(results: dict[str, dict], label) -> None:
-    """PSNR on the multislice set minus PSNR on the linear set (the target: |gap| <= 1 dB), and
-    minus PSNR on the twin (same crystals and geometry, fast-model physics), each ± its standard
-    error: paired image by image for the twin (same seeds), two-sample for the linear set."""
+    """PSNR on the multislice set minus PSNR on the linear set (other crystals: content and
+    physics together), and minus PSNR on the twin (same crystals and geometry, fast-model
+    physics: the sim-to-sim gap, target |gap| <= 1 dB), each ± its standard error: paired image
+    by image for the twin (same seeds), two-sample for the linear set."""
     for other in ("linear", "twin"):
         if "multislice" not in results or other not in results:
             continue
