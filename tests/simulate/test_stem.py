@@ -146,6 +146,30 @@ def test_distorted_coordinates_predict_where_atoms_are_recorded():
         assert cy == pytest.approx(py, abs=0.25) and cx == pytest.approx(px, abs=0.25)
 
 
+def test_column_centroid_rule_follows_line_to_line_jitter():
+    """Uncorrelated x-jitter of 1.5 px per line on columns 3 px wide: each column is recorded as
+    a ragged stack of shifted slices. The line through its centre is off the recorded centroid
+    by about the jitter's σ; the width-weighted rule lands on it."""
+    shape = (128, 128)
+    sigma = 3.0
+    d = _off(shape, jitter_kind="x", jitter_sigma_x_px=1.5, jitter_phi_x=0.0, geometry_seed=4)
+    m = stem.margin_px(d)
+    atoms = np.array([(y, x) for y in range(24, 108, 20) for x in range(24, 108, 20)], float)
+    image = _blobs((128 + 2 * m, 128 + 2 * m), atoms + m, sigma=sigma)
+    dy, dx = stem.scan_displacements(d)
+    recorded = stem.scan_jitter(image, dx, dy, shape)
+    point = stem.distorted_coordinates(atoms, d)
+    centroid = stem.distorted_coordinates(atoms, d, width_px=sigma)
+    measured = np.array([_centroid(recorded, y, x, r=8) for y, x in centroid])
+    err_point = np.abs(measured[:, 1] - point[:, 1])
+    err_centroid = np.abs(measured[:, 1] - centroid[:, 1])
+    assert np.median(err_point) > 0.5
+    assert err_centroid.max() < 0.15
+    np.testing.assert_allclose(centroid[:, 0], measured[:, 0], atol=0.15)
+    with pytest.raises(InputError, match="width_px"):
+        stem.distorted_coordinates(atoms, d, width_px=0.0)
+
+
 def test_margin_covers_every_displacement():
     rng = np.random.default_rng(7)
     params = StemDistortionParams().all_on()

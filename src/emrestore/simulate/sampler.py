@@ -51,7 +51,7 @@ from .labels import (
     mean_nearest_neighbour_spacing,
 )
 from .lowres import LowResParams, render_lowres
-from .optics import GaussianPSFParams, ProbeParams, draw_gaussian_psf, draw_probe
+from .optics import FWHM_PER_SIGMA, GaussianPSFParams, ProbeParams, draw_gaussian_psf, draw_probe
 from .postprocess import (
     PostprocessParams,
     apply_postprocess,
@@ -377,9 +377,12 @@ def simulate_pair(
     # where each column shows in the recorded frame: the scan distortion (jitter, drift) moves it
     # away from its physical position; a detector (find_atoms, its training labels, F1) must be
     # judged against this, the restoration target and strain against position_px
+    # (the centroid of the column as recorded, each scan line weighted by how much of the
+    # column's probe-blurred image it crosses)
     recorded = columns["position_px"]
     if config.modality != "tem" and len(recorded):
-        recorded = stem.distorted_coordinates(recorded, distortion)
+        recorded = stem.distorted_coordinates(recorded, distortion,
+                                              width_px=_column_sigma_px(psf, pixel_size))
     columns["position_recorded_px"] = np.array(recorded, dtype=np.float64).reshape(-1, 2)
     # SCS in detector units × Å²; NaN where the power-law contrast made intensities non-linear.
     columns["scs"] = columns.pop("integrated_intensity") * result.signal_gain * counts_per_unit
@@ -418,6 +421,11 @@ def _empty_columns() -> dict[str, np.ndarray]:
             "position_A": np.zeros((0, 2)), "species": np.zeros(0, np.int64),
             "atom_count": np.zeros(0, np.int64),
             "integrated_intensity": np.zeros(0)}
+
+
+def _column_sigma_px(psf, pixel_size_A: float) -> float:
+    """σ (px) of a column's image: the probe's (or point spread's) FWHM as a Gaussian σ."""
+    return max(float(psf.fwhm_A) / FWHM_PER_SIGMA / pixel_size_A, 0.5)
 
 
 def _column_radius_A(psf) -> float:
