@@ -257,10 +257,18 @@ def load_network(args):
     return (net, {"name": "untrained", "input": "raw"}), "untrained"
 
 
+def _channels(raw, restored, kind: str):
+    """The network's input channels for a card's ``input`` ("raw", "restored" or "both")."""
+    return {"raw": raw, "restored": restored,
+            "both": None if restored is None else np.stack([raw, restored])}[kind]
+
+
 def speed(model, size: int, refine: bool):
-    """Seconds for a size² frame: network detection, and find_atoms with refinement."""
+    """Seconds for a size² frame: network detection (with the restoration when the network reads
+    the restored frame), and find_atoms with refinement."""
     from emrestore.atoms.find import find_atoms
     from emrestore.nn.atomnet import detect_columns
+    from emrestore.restore import restore
 
     rows = []
     for spacing_target in (8.0, 4.5):
@@ -270,9 +278,16 @@ def speed(model, size: int, refine: bool):
         cfg = dataclasses.replace(cfg, hr_pixel_size_A=(pixel, pixel))
         image, _, _labels = simulate_pair(config=cfg, rng=rng)
         net, card = model
-        chans = image if net.config.in_channels == 1 else np.stack([image, image])
+        kind = card.get("input", "raw")
+        restore_model = card.get("restore_model") or "stem-hr"
+        if kind != "raw":  # warm-up of the restoration network
+            restore(image[:256, :256], model=restore_model)
+        chans = _channels(image, image if kind == "raw" else None, kind)
         detect_columns(net, chans[..., :256, :256])  # warm-up
         t0 = time.perf_counter()
+        # a network that reads the restored frame pays for the restoration too
+        restored = None if kind == "raw" else restore(image, model=restore_model)
+        chans = _channels(image, restored, kind)
         decode = card.get("decode") or {}
         pos, _, info = detect_columns(net, chans, threshold=decode.get("threshold", 0.3),
                                       iou_threshold=decode.get("iou_threshold", 0.3))

@@ -115,7 +115,7 @@ def test_network_path_and_its_overrides():
     net = BrightIsColumn(14.0, image.shape[1])
     table = find_atoms(image, method="network", model=net, pixel_size=0.2)
     det = table.info["detection"]
-    assert det["method"] == "network" and det["spacing_px"] == pytest.approx(14.0, rel=0.02)
+    assert det["method"] == "network" and det["spacing_px"] == pytest.approx(14.0, rel=0.05)
     _tp, fp, fn = detection_counts(table.positions_px, truth, 3.5)
     assert fn == 0 and fp == 0
     err = np.linalg.norm(table.positions_px[:, None] - truth[None], axis=2).min(axis=1)
@@ -128,6 +128,23 @@ def test_network_path_and_its_overrides():
     p = sparse.positions_px
     d = np.linalg.norm(p[:, None] - p[None], axis=2) + 1e9 * np.eye(len(p))
     assert d.min() >= 20.0 * 0.99
+
+
+def test_spacing_comes_from_the_detections_when_the_head_is_wrong():
+    """A spacing head that says half the true spacing (as the trained one does on SrTiO3 [001])
+    shrinks the NMS boxes; the detections' own nearest-neighbour distance puts it right."""
+    from emrestore.nn.atomnet import detect_columns
+
+    image, truth = synthetic_lattice()
+    net = BrightIsColumn(7.0, image.shape[1])
+    _, _, head = detect_columns(net, image, spacing_from="head")
+    pos, _, info = detect_columns(net, image)
+    assert head["spacing_px"] == pytest.approx(7.0, rel=0.05)
+    assert info["spacing_px"] == pytest.approx(14.0, rel=0.05)
+    _tp, fp, fn = detection_counts(pos, truth, 3.5)
+    assert fn == 0 and fp == 0
+    with pytest.raises(InputError, match="spacing_from"):
+        detect_columns(net, image, spacing_from="guess")
 
 
 def test_flat_image_gives_an_empty_table():

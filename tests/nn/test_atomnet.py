@@ -176,7 +176,8 @@ def test_detection_handles_the_scale(spacing, hint):
     truth = lattice(shape, spacing, rng, jitter=0.1 * spacing)
     image = 100.0 * gaussians(shape, truth, 0.15 * spacing) + 5.0
     net = PerfectNet(spacing, image)
-    pos, _score, info = detect_columns(net, image, spacing_px=hint, threshold=0.5)
+    pos, _score, info = detect_columns(net, image, spacing_px=hint, threshold=0.5,
+                                       spacing_from="head")
     assert info["passes"] == (2 if hint == 40.0 else 1)
     assert info["spacing_px"] == pytest.approx(spacing, rel=0.02)
     _tp, fp, fn = detection_counts(pos, truth, 0.25 * spacing, shape=shape,
