@@ -158,6 +158,23 @@ def test_workflows_resolve_skip_and_validate(plugin):
         P.resolve_workflows(["gaussian"])
 
 
+def test_default_workflows_are_restoration_models_only(tmp_path, monkeypatch):
+    """An atom finder in the zoo is not a restoration workflow (it broke `make demo`)."""
+    pytest.importorskip("torch")
+    from emrestore.nn import zoo
+
+    cards = {c["name"]: c for c in zoo.list_models()}
+    if not {"stem-hr", "atoms-hr"} <= set(cards):
+        pytest.skip("needs the shipped stem-hr and atoms-hr cards")
+    for name, shipped in (("rest-a", "stem-hr"), ("atoms-a", "atoms-hr")):
+        (tmp_path / f"{name}.json").write_text(json.dumps(dict(cards[shipped], name=name)))
+        (tmp_path / f"{name}.safetensors").write_bytes(b"")
+    monkeypatch.setattr(zoo, "weights_dir", lambda: tmp_path)
+    assert P._shipped_models() == ["rest-a"]
+    names = P.default_workflow_names(bm3d=False)
+    assert "rest-a" in names and "atoms-a" not in names
+
+
 def test_tiny_benchmark_physics(tiny):
     config, result = tiny
     low, high = config.doses_e_per_A2

@@ -708,7 +708,7 @@ def _shipped_models() -> list[str]:
         from ..nn.zoo import list_models
     except ImportError:  # the nn extra (torch) is not installed
         return []
-    return [card["name"] for card in list_models()]
+    return [card["name"] for card in list_models(task="restore")]
 
 
 def tune_gaussian(bench: BenchmarkConfig, scenes: Sequence[Scene]) -> dict[str, Any]:
