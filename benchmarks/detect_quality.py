@@ -155,8 +155,8 @@ def make_set(per_dose: int, size: int, seed: int, doses=DOSES, paper_ranges: boo
     """Fixed-seed images: dicts with the frame, the truth and the vacancy sites. ``multislice``:
     every frame from the shipped multislice reference cells instead of the eight scenes.
     ``recorded_dose``: every frame recorded at this dose instead of its own, with the same seeds
-    (same scene, distortion and detector; only the shot noise changes); ``"dose"`` keeps the
-    nominal dose, so the frames line up with the set they shadow."""
+    (same scene, distortion and detector; only the shot noise changes); each item's ``"dose"``
+    stays the nominal one, so the frames line up with the set they shadow."""
     items = []
     for d_index, dose in enumerate(doses):
         for i in range(per_dose):
@@ -282,8 +282,7 @@ def speed(model, size: int, refine: bool):
         restore_model = card.get("restore_model") or "stem-hr"
         if kind != "raw":  # warm-up of the restoration network
             restore(image[:256, :256], model=restore_model)
-        chans = _channels(image, image if kind == "raw" else None, kind)
-        detect_columns(net, chans[..., :256, :256])  # warm-up
+        detect_columns(net, _channels(image, image, kind)[..., :256, :256])  # warm-up
         t0 = time.perf_counter()
         # a network that reads the restored frame pays for the restoration too
         restored = None if kind == "raw" else restore(image, model=restore_model)

@@ -4,7 +4,6 @@ default, and finds the columns of simulated frames it has never seen."""
 import dataclasses
 import json
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
