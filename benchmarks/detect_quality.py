@@ -2,10 +2,13 @@
 maxima, LoG and DoG (run by hand).
 
     python benchmarks/detect_quality.py [--weights PATH] [--per-dose 8] [--tune-per-dose 2]
-                                        [--refine] [--ceiling] [--quick]
+                                        [--refine] [--ceiling] [--pixel-range 0.08,0.16]
+                                        [--quick]
 
 Test set: 256² HR-STEM frames at 200, 500, 1 000, 2 000, 5 000 and 10 000 e⁻/Å², ``--per-dose``
-images per dose, from fixed seeds, cycling through eight scenes:
+images per dose, from fixed seeds, pixels of 0.08-0.16 Å (column spacings of about 9-45 px;
+``--pixel-range 0.3,0.6`` gives the 2-9 px of coarse survey frames), cycling through eight
+scenes:
 
 - dumbbells: Si [110] and GaAs [110] slabs;
 - crystals: SrTiO3 [001] and Pt [110] slabs on an amorphous support;
@@ -44,10 +47,11 @@ from the labels and the noise-free frame, never from a detector run:
 A detection at a hidden column (or at a merged column's members) is neither right nor wrong.
 Columns within 0.25 × spacing of the edge are ignored too. Matching: one to one within 0.25 ×
 the median nearest-neighbour distance of the truth columns (``evaluate.metrics.match_points``);
-F1 pools the counts of all images of a dose. The script prints the truth's own ceiling: the F1
-of plain local maxima on the noise-free, undistorted frames. ``--ceiling`` adds the distortion
-ceiling: the same test frames recorded without shot noise (10⁷ e⁻/Å², same seeds), scored for
-the network and for local maxima tuned on those very frames.
+F1 pools the counts of all images of a dose; it is also printed per bin of column spacing (px),
+all doses pooled, to show whether the network is scale-free. The script prints the truth's own
+ceiling: the F1 of plain local maxima on the noise-free, undistorted frames. ``--ceiling`` adds
+the distortion ceiling: the same test frames recorded without shot noise (10⁷ e⁻/Å², same
+seeds), scored for the network and for local maxima tuned on those very frames.
 
 Methods:
 - ``network``: ``find_atoms(method="network")`` candidates (max-pool + box NMS), no parameters;
@@ -94,12 +98,16 @@ BASELINES = ("peaks", "log", "dog")
 THRESHOLDS = (None, 0.1, 0.2, 0.35)
 SEPARATIONS = (None, 0.4, 0.6)  # × the true column spacing
 NOISE_FREE_DOSE = 1e7  # e⁻/Å²: the distortion ceiling's frames
+PIXEL_RANGE_A = (0.08, 0.16)
+SPACING_BINS_PX = (2.0, 6.0, 9.0, 14.0, 20.0, 30.0, 60.0)
 
 
 def scene_config(kind: str, rng: np.random.Generator, dose: float, size: int,
-                 paper_ranges: bool = False) -> SamplerConfig:
-    """The sampler config of one test scene (pixel size and material drawn from ``rng``)."""
-    pixel = float(rng.uniform(0.08, 0.16))
+                 paper_ranges: bool = False,
+                 pixel_range_A: tuple[float, float] = PIXEL_RANGE_A) -> SamplerConfig:
+    """The sampler config of one test scene (pixel size, uniform in ``pixel_range_A`` Å, and
+    material drawn from ``rng``)."""
+    pixel = float(rng.uniform(*pixel_range_A))
     base = SamplerConfig(size=(size, size), hr_pixel_size_A=(pixel, pixel),
                          hr_dose=DoseParams(dose_e_per_A2=(dose, dose)),
                          detector_fraction=(DETECTOR_FRACTION, DETECTOR_FRACTION),
@@ -151,12 +159,14 @@ def scene_config(kind: str, rng: np.random.Generator, dose: float, size: int,
 
 
 def make_set(per_dose: int, size: int, seed: int, doses=DOSES, paper_ranges: bool = False,
-             multislice: bool = False, recorded_dose: float | None = None):
+             multislice: bool = False, recorded_dose: float | None = None,
+             pixel_range_A: tuple[float, float] = PIXEL_RANGE_A):
     """Fixed-seed images: dicts with the frame, the truth and the vacancy sites. ``multislice``:
     every frame from the shipped multislice reference cells instead of the eight scenes.
     ``recorded_dose``: every frame recorded at this dose instead of its own, with the same seeds
     (same scene, distortion and detector; only the shot noise changes); each item's ``"dose"``
-    stays the nominal one, so the frames line up with the set they shadow."""
+    stays the nominal one, so the frames line up with the set they shadow. ``pixel_range_A``:
+    the uniform range of the pixel size, Å."""
     items = []
     for d_index, dose in enumerate(doses):
         for i in range(per_dose):
@@ -164,7 +174,7 @@ def make_set(per_dose: int, size: int, seed: int, doses=DOSES, paper_ranges: boo
             rng = np.random.default_rng([seed, k])
             kind = "multislice" if multislice else SCENES[(k + seed) % len(SCENES)]
             cfg = scene_config(kind, rng, dose if recorded_dose is None else recorded_dose,
-                               size, paper_ranges)
+                               size, paper_ranges, pixel_range_A)
             image, clean, labels = simulate_pair(config=cfg, rng=rng)
             cols = labels["columns"]
             px = float(labels["pixel_size_A"])
@@ -307,9 +317,9 @@ def run_set(args, model, doses, per_dose, tune_n, methods, multislice=False):
 
     t0 = time.perf_counter()
     test = make_set(per_dose, args.size, seed=2025, doses=doses, paper_ranges=args.paper_ranges,
-                    multislice=multislice)
+                    multislice=multislice, pixel_range_A=args.pixel_range)
     tuning = make_set(tune_n, args.size, seed=7, doses=doses, paper_ranges=args.paper_ranges,
-                      multislice=multislice)
+                      multislice=multislice, pixel_range_A=args.pixel_range)
     print(f"{len(test)} test and {len(tuning)} tuning images simulated in "
           f"{time.perf_counter() - t0:.0f} s")
     t0 = time.perf_counter()
@@ -320,13 +330,16 @@ def run_set(args, model, doses, per_dose, tune_n, methods, multislice=False):
 
     counts = {(m, d): np.zeros(5) for m in methods for d in doses}
     times = {m: 0.0 for m in methods}
+    per_item = []  # (spacing px, the network's counts), for the F1 per spacing
     for item in test:
         d = item["dose"]
         t = time.perf_counter()
         table = find_atoms(item["image"], method="network", model=model, restore=False,
                            refine=False)
         times["network"] += time.perf_counter() - t
-        counts[("network", d)] += score(table.positions_px, item)
+        c = score(table.positions_px, item)
+        counts[("network", d)] += c
+        per_item.append((item["spacing"], c))
         if args.refine:
             t = time.perf_counter()
             table = find_atoms(item["image"], method="network", model=model, restore=False)
@@ -353,6 +366,7 @@ def run_set(args, model, doses, per_dose, tune_n, methods, multislice=False):
         print(f"{d:>10g} " + " ".join(f"{f1_of(counts[(m, d)]):>15.4f}" for m in methods))
     print(f"{'s/image':>10} " + " ".join(f"{times[m] / max(len(test), 1):>15.3f}"
                                          for m in methods))
+    print_by_spacing(per_item)
     print("\nfalse columns per 100 vacancy sites")
     for m in methods:
         c = sum(counts[(m, d)] for d in doses)
@@ -364,6 +378,19 @@ def run_set(args, model, doses, per_dose, tune_n, methods, multislice=False):
     return counts
 
 
+def print_by_spacing(per_item) -> None:
+    """The network's F1 per bin of column spacing (all doses pooled): is it scale-free?"""
+    spacing = np.array([s for s, _ in per_item])
+    print("network F1 per column spacing (px; all doses pooled):")
+    for lo, hi in itertools.pairwise(SPACING_BINS_PX):
+        inside = [c for s, c in per_item if lo <= s < hi]
+        if inside:
+            print(f"  {lo:4g}-{hi:<4g} px: F1 {f1_of(sum(inside)):.4f} ({len(inside)} images)")
+    outside = np.sum((spacing < SPACING_BINS_PX[0]) | (spacing >= SPACING_BINS_PX[-1]))
+    if outside:
+        print(f"  ({outside} images outside {SPACING_BINS_PX[0]:g}-{SPACING_BINS_PX[-1]:g} px)")
+
+
 def distortion_ceiling(args, model, test, doses, per_dose, multislice) -> None:
     """F1 on the test frames recorded without shot noise (10⁷ e⁻/Å², same seeds): what the scan
     and detector distortions alone leave. Local maxima get their best threshold and separation
@@ -372,6 +399,7 @@ def distortion_ceiling(args, model, test, doses, per_dose, multislice) -> None:
 
     shadow = make_set(per_dose, args.size, seed=2025, doses=doses,
                       paper_ranges=args.paper_ranges, multislice=multislice,
+                      pixel_range_A=args.pixel_range,
                       recorded_dose=NOISE_FREE_DOSE)
     if [it["kind"] for it in shadow] != [it["kind"] for it in test]:
         raise RuntimeError("the noise-free frames do not line up with the test set")
@@ -410,9 +438,19 @@ def main() -> None:
     parser.add_argument("--ceiling", action="store_true",
                         help="also score the test frames recorded without shot noise (10⁷ e⁻/Å², "
                              "same seeds): the F1 the distortions alone leave")
+    parser.add_argument("--pixel-range", default="0.08,0.16",
+                        help="LO,HI: uniform range of the pixel size in Å (default 0.08,0.16; "
+                             "0.3,0.6 for coarse survey frames)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 2 doses, 1 image each, 256² speed test")
     args = parser.parse_args()
+    try:
+        args.pixel_range = tuple(float(v) for v in args.pixel_range.split(","))
+    except ValueError:
+        args.pixel_range = ()
+    if len(args.pixel_range) != 2 or not 0 < args.pixel_range[0] <= args.pixel_range[1]:
+        parser.error(f"--pixel-range must be LO,HI in Å with 0 < LO <= HI, got "
+                     f"{args.pixel_range!r}")
 
     import torch
 

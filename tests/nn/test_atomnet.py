@@ -310,6 +310,28 @@ def test_train_resume_export_and_zoo(tmp_path):
                                   progress=False)
 
 
+def test_spacing_only_training_leaves_the_confidence_map_alone(tmp_path):
+    """trainable = "spacing" starts from a network's weights and moves only its spacing head."""
+    from emrestore.nn.atomnet_train import atomnet_from_checkpoint
+
+    first = train_atomnet_from_config(tiny_atoms_config(tmp_path), progress=False)
+    with pytest.raises(ConfigError, match="init_from"):
+        AtomTrainConfig.from_dict({"data": {"source": "synthetic"}, "trainable": "spacing"})
+    with pytest.raises(ConfigError, match="trainable"):
+        AtomTrainConfig.from_dict({"data": {"source": "synthetic"}, "trainable": "head"})
+    cfg = tiny_atoms_config(tmp_path, output_dir=str(tmp_path / "spacing"), init_from=str(first),
+                            trainable="spacing", loss={"spacing_weight": 1.0},
+                            optim={"lr": 1e-2, "warmup_steps": 1, "ema_decay": 0.0})
+    last = train_atomnet_from_config(cfg, progress=False)
+    before, _ = atomnet_from_checkpoint(first)
+    after, card = atomnet_from_checkpoint(last)
+    moved = {name for (name, a), (_, b) in zip(before.state_dict().items(),
+                                               after.state_dict().items())
+             if not torch.equal(a, b)}
+    assert moved and all(name.startswith(("spacing_conv.", "spacing_mlp.")) for name in moved)
+    assert "best_neg_val_spacing_log_err" in card["metrics"]
+
+
 def test_config_maps_one_to_one(tmp_path):
     from pathlib import Path
 

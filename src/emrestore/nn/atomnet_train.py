@@ -203,6 +203,10 @@ class AtomDataSection:
             raise ConfigError("data.validation_size must be >= 1")
 
 
+TRAINABLE = ("all", "spacing")
+SPACING_HEAD = ("spacing_conv.", "spacing_mlp.")  # parameter-name prefixes of the spacing head
+
+
 @dataclass(frozen=True)
 class AtomTrainConfig(runs.RunConfig):
     """One atom-finder training run; a TOML file maps onto it one to one.
@@ -214,7 +218,9 @@ class AtomTrainConfig(runs.RunConfig):
     threads : CPU threads (0: all). init_from : a checkpoint folder or .safetensors file that
     starts a new run (fine-tuning). thresholds, iou_thresholds : the confidence thresholds and
     NMS overlaps tried at validation; the best pair goes into the model card (seed 004 uses an
-    IoU of 0.3, which merges columns closer than about half the spacing).
+    IoU of 0.3, which merges columns closer than about half the spacing). trainable : "all", or
+    "spacing": only the spacing head learns (the confidence map stays exactly as in
+    ``init_from``) and the best checkpoint is the one with the lowest spacing error.
     """
 
     task: str = "atoms"
@@ -232,6 +238,7 @@ class AtomTrainConfig(runs.RunConfig):
     init_from: str = ""
     thresholds: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6)
     iou_thresholds: tuple[float, ...] = (0.3, 0.5)
+    trainable: str = "all"
     model: AtomNetConfig = field(default_factory=AtomNetConfig)
     loss: AtomLossSection = field(default_factory=AtomLossSection)
     data: AtomDataSection = field(default_factory=AtomDataSection)
@@ -246,6 +253,11 @@ class AtomTrainConfig(runs.RunConfig):
             raise ConfigError(f"thresholds must be confidences in [0, 1), got {self.thresholds}")
         if not self.iou_thresholds or not all(0.0 < t < 1.0 for t in self.iou_thresholds):
             raise ConfigError(f"iou_thresholds must lie in (0, 1), got {self.iou_thresholds}")
+        if self.trainable not in TRAINABLE:
+            raise ConfigError(f"trainable must be one of {TRAINABLE}, got {self.trainable!r}")
+        if self.trainable == "spacing" and not self.init_from:
+            raise ConfigError('trainable = "spacing" trains the spacing head of an existing '
+                              'network: set init_from to its checkpoint or weights')
         want = 2 if self.data.input == "both" else 1
         if self.model.in_channels != want:
             raise ConfigError(f"data.input = {self.data.input!r} gives {want} channel(s), but "
@@ -901,13 +913,18 @@ def train_atomnet_from_config(path_or_dict, *, resume: bool = True, max_steps: i
         path_or_dict, "emrestore.nn.atomnet_train.train_atomnet_from_config"))
     dev = run.device
     model = build_atomnet(cfg.model).to(dev)
+    if cfg.trainable == "spacing":  # the rest is frozen before AdamW sees the parameters
+        for pname, p in model.named_parameters():
+            p.requires_grad_(pname.startswith(SPACING_HEAD))
     run.attach(model)
 
     def same_network(saved: dict) -> bool:
         return saved.get("task") == "atoms" and dataclasses.asdict(
             build_atomnet(saved.get("model", {})).config) == dataclasses.asdict(model.config)
 
-    run.start(resume=resume, max_steps=max_steps, best_key="best_val_f1", what="network",
+    spacing_only = cfg.trainable == "spacing"
+    best_key = "best_neg_val_spacing_log_err" if spacing_only else "best_val_f1"
+    run.start(resume=resume, max_steps=max_steps, best_key=best_key, what="network",
               same_network=same_network, init_from=cfg.init_from,
               load_initial=_load_initial_weights)
     loader, val = _data(cfg, run.step, progress)
@@ -932,7 +949,8 @@ def train_atomnet_from_config(path_or_dict, *, resume: bool = True, max_steps: i
                            val_iou_threshold=f"{scores['val_iou_threshold']:g}",
                            val_spacing_log_err=f"{scores['val_spacing_log_err']:.4f}")
                 run.show(f1=f"{scores['val_f1']:.3f}")
-                run.keep_best(scores["val_f1"], best_threshold=scores["val_threshold"],
+                rank = -scores["val_spacing_log_err"] if spacing_only else scores["val_f1"]
+                run.keep_best(rank, best_threshold=scores["val_threshold"],
                               best_iou_threshold=scores["val_iou_threshold"])
             run.end_step(row)
     return run.ckpt_dir / "last"
