@@ -30,8 +30,9 @@ Truth: the simulator's column labels that the infinite-dose image can show, at t
 where the columns show in the recorded frame (``position_recorded_px``: the scan jitter and drift
 move them off their physical positions by up to several pixels, which no detector can undo from
 one frame; each is the centroid of its column as scanned, every scan line weighted by how much of
-the probe-blurred column it crosses, ``simulate.stem.distorted_coordinates``). Two rules, both
-from the labels and the noise-free frame, never from a detector run:
+the probe-blurred column it crosses, ``simulate.stem.distorted_coordinates``, moved along the
+fast scan by the analog detector's memory, 0.1-2.4 px, ``simulate.stem.fast_scan_shift_px``).
+Two rules, both from the labels and the noise-free frame, never from a detector run:
 
 - *visible*: a column scattering (∝ atom count × Z^1.7) less than 0.2 × the strongest column
   within 2 Å (oxygen beside strontium, an atom knocked out of a thick column) is hidden

@@ -160,3 +160,39 @@ def test_recorded_positions_follow_the_scan_distortion():
         err_physical.append(np.hypot(cy - py, cx - px))
     assert np.median(err_recorded) < 0.5, (err_recorded, err_physical)
     assert np.median(err_recorded) < 0.5 * np.median(err_physical)
+
+
+def test_recorded_positions_follow_the_detector_memory():
+    """A slow analog detector (long fast-scan tail), no scan jitter: every column peaks to the right
+    of its physical position, at ``position_recorded_px``."""
+    from scipy.interpolate import RectBivariateSpline
+    from scipy.spatial import cKDTree
+
+    base = SamplerConfig()
+    specimen = dataclasses.replace(base.specimen, p_crystal=0.0, p_amorphous=0.0, p_points=1.0,
+                                   p_support=0.0, n_points=(25, 25), p_defects=0.0)
+    contrast = dataclasses.replace(base.contrast, invert_probability=0.0, power_probability=0.0)
+    stem = dataclasses.replace(
+        _quiet(base).stem, counting_probability=0.0, fast_scan_probability=1.0,
+        fast_scan_alpha=(6.0, 6.0),
+        fast_scan_decay_px=(1.5, 1.5), fast_scan_phase_rad=(0.5 * np.pi, 0.5 * np.pi))
+    config = dataclasses.replace(
+        _quiet(base), size=(128, 128), material=None, specimen=specimen, contrast=contrast,
+        hr_pixel_size_A=(0.2, 0.2), hr_dose=DoseParams(dose_e_per_A2=(1e7, 1e7)), stem=stem)
+    image, _, labels = simulate_pair(config=config, rng=6)
+    cols = labels["columns"]
+    physical, recorded = cols["position_px"], cols["position_recorded_px"]
+    nearest = cKDTree(physical).query(physical, k=2)[0][:, 1]
+    ok = (nearest > 14) & np.all((recorded > 8) & (recorded < 119), axis=1)
+    assert ok.sum() >= 5
+    shift = recorded[ok, 1] - physical[ok, 1]
+    assert np.allclose(recorded[ok, 0], physical[ok, 0], atol=0.01) and np.ptp(shift) < 0.01
+    assert shift[0] > 1.0
+    spline = RectBivariateSpline(np.arange(128), np.arange(128), image.astype(np.float64))
+    found = []
+    for y, x in recorded[ok]:  # the recorded peak, on a 0.05 px grid around the label
+        xs = np.arange(x - 3, x + 3, 0.05)
+        found.append(xs[np.argmax(spline(y, xs)[0])])
+    err_recorded = np.abs(np.array(found) - recorded[ok, 1])
+    err_physical = np.abs(np.array(found) - physical[ok, 1])
+    assert np.median(err_recorded) < 0.2 < shift[0] - 0.2 < np.median(err_physical)

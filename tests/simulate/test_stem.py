@@ -208,6 +208,42 @@ def test_apply_fast_scan_trails_to_the_right_only_and_keeps_the_mean():
     np.testing.assert_allclose(stem.apply_fast_scan(flat, response), 5.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize("response, sigma", [
+    (FastScanResponse(alpha=0.5, decay_px=0.1, period_px=4.0, phase_rad=math.pi / 2), 1.5),
+    (FastScanResponse(alpha=6.0, decay_px=1.5, period_px=10.0, phase_rad=1.2), 3.0),
+    (FastScanResponse(alpha=3.0, decay_px=0.7, period_px=40.0, phase_rad=2.3), 2.0),
+])
+def test_fast_scan_shift_is_where_the_recorded_column_peaks(response, sigma):
+    """Columns at sub-pixel positions, trailed by the detector: the recorded peak (a parabola
+    through a 10× up-sampled profile) sits at position + fast_scan_shift_px."""
+    shift = stem.fast_scan_shift_px(response, sigma)
+    x = np.arange(400, dtype=np.float64)
+    for centre in (100.0, 200.3, 300.7):
+        row = np.exp(-0.5 * ((x - centre) / sigma) ** 2)[None].astype(np.float32)
+        out = stem.apply_fast_scan(row, response)[0].astype(np.float64)
+        fine = np.arange(centre - 3 * sigma, centre + 3 * sigma + 8, 0.1)
+        profile = _cubic(out, fine)
+        k = int(np.argmax(profile))
+        y0, y1, y2 = profile[k - 1:k + 2]
+        peak = fine[k] + 0.05 * (y0 - y2) / (y0 - 2 * y1 + y2)
+        assert peak == pytest.approx(centre + shift, abs=0.12)
+    assert stem.fast_scan_shift_px(None, sigma) == 0.0
+    with pytest.raises(InputError, match="sigma_px"):
+        stem.fast_scan_shift_px(response, -1.0)
+
+
+def test_fast_scan_shift_grows_with_the_detector_memory():
+    slow = FastScanResponse(alpha=6.0, decay_px=1.5, period_px=16.0, phase_rad=2.3)
+    fast = FastScanResponse(alpha=0.5, decay_px=0.1, period_px=16.0, phase_rad=2.3)
+    assert stem.fast_scan_shift_px(slow, 2.0) > 1.5 > 0.2 > stem.fast_scan_shift_px(fast, 2.0) > 0
+
+
+def _cubic(values, at):
+    from scipy.interpolate import CubicSpline
+
+    return CubicSpline(np.arange(values.size), values)(at)
+
+
 def test_fast_scan_correlates_noise_along_rows_not_columns():
     noise = np.random.default_rng(8).normal(size=(256, 256)).astype(np.float32)
     out = stem.apply_fast_scan(noise, FastScanResponse(3.0, 1.0, 30.0, 1.6))

@@ -235,7 +235,8 @@ def simulate_pair(
         ``gaussian_mask``, ``circular_mask`` (H, W): column masks (seed 003/004);
         ``columns``: dict of per-column arrays ``position_px`` (N, 2) (y, x) (the physical,
         undistorted position), ``position_recorded_px`` (N, 2) (where the column shows in the
-        recorded image, after the scan distortion; equal to ``position_px`` without one),
+        recorded image, after the scan distortion and the detector's fast-scan trail; equal to
+        ``position_px`` without either),
         ``position_A``,
         ``species``, ``atom_count``, ``scs`` (integrated intensity, image units × Å²);
         ``mean_spacing_px``, ``pixel_size_A``, ``dose_e_per_A2``, ``detector_fraction``;
@@ -378,11 +379,13 @@ def simulate_pair(
     # away from its physical position; a detector (find_atoms, its training labels, F1) must be
     # judged against this, the restoration target and strain against position_px
     # (the centroid of the column as recorded, each scan line weighted by how much of the
-    # column's probe-blurred image it crosses)
+    # column's probe-blurred image it crosses, then trailed along the fast scan by the
+    # detector's memory)
     recorded = columns["position_px"]
     if config.modality != "tem" and len(recorded):
-        recorded = stem.distorted_coordinates(recorded, distortion,
-                                              width_px=_column_sigma_px(psf, pixel_size))
+        sigma = _column_sigma_px(psf, pixel_size)
+        recorded = stem.distorted_coordinates(recorded, distortion, width_px=sigma)
+        recorded[:, 1] += stem.fast_scan_shift_px(distortion.fast_scan, sigma)
     columns["position_recorded_px"] = np.array(recorded, dtype=np.float64).reshape(-1, 2)
     # SCS in detector units × Å²; NaN where the power-law contrast made intensities non-linear.
     columns["scs"] = columns.pop("integrated_intensity") * result.signal_gain * counts_per_unit

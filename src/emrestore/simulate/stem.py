@@ -73,6 +73,7 @@ __all__ = [
     "distorted_coordinates",
     "draw_stem_distortion",
     "fast_scan_psf",
+    "fast_scan_shift_px",
     "line_jitter",
     "linear_drift",
     "margin_px",
@@ -288,6 +289,28 @@ def fast_scan_psf(n_px: int, response: FastScanResponse) -> np.ndarray:
     psf = np.zeros(2 * int(n_px) - 1)
     psf[: int(n_px)] = h[::-1]
     return psf
+
+
+def fast_scan_shift_px(response: FastScanResponse | None, sigma_px: float) -> float:
+    """How far (px, towards +x) the fast-scan PSF moves the peak of a Gaussian column of
+    ``sigma_px``: the detector's memory trails every column to the right, by 0.1-2.4 px over the
+    sampler's ranges. 0 without a fast-scan response. The same for every column of a frame."""
+    if response is None:
+        return 0.0
+    sigma = float(sigma_px)
+    if not (np.isfinite(sigma) and sigma > 0):
+        raise InputError(f"sigma_px must be a positive number of pixels, got {sigma_px!r}")
+    h = _causal_kernel(response)
+    lags = np.arange(h.size, dtype=np.float64)
+    # the recorded profile of a column at 0 is sum_lag h[lag] g(t - lag); its maximum lies
+    # between 0 and the kernel's reach
+    t = np.arange(-2.0 * sigma, min(float(h.size), 6.0 * sigma + 8.0), 0.01)
+    profile = np.exp(-0.5 * ((t[:, None] - lags[None, :]) / sigma) ** 2) @ h
+    k = int(np.clip(np.argmax(profile), 1, t.size - 2))
+    y0, y1, y2 = profile[k - 1:k + 2]
+    curvature = y0 - 2.0 * y1 + y2
+    step = 0.5 * (y0 - y2) / curvature if curvature < 0 else 0.0
+    return float(t[k] + step * 0.01)
 
 
 def apply_fast_scan(image: np.ndarray, response: FastScanResponse) -> np.ndarray:
