@@ -60,6 +60,22 @@ def test_explicit_parameters_are_used_and_returned():
     assert len(cand) > 200
 
 
+def test_noise_free_lattice_finds_every_column_without_warnings():
+    """A noise-free, coarsely quantised frame whose estimated noise is exactly 0 (nothing to rank
+    the two smoothing scales by) still ranks and merges its candidates: no NaN prominence."""
+    import warnings
+
+    truth, image, _ = square_lattice(counts=1000.0, background=5.0, spacing=30.0, sigma=1.5,
+                                     seed=4)
+    image = np.round(image * 10) / 10 + 0.25
+    assert estimate_noise_std(image) == 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cand = find_candidates(image, method="peaks")
+    m = match_points(cand, truth, radius=3.0)
+    assert m.recall == 1.0 and m.precision == 1.0
+
+
 def test_flat_image_has_no_candidates():
     assert find_candidates(np.full((64, 64), 7.0)).shape == (0, 2)
 
