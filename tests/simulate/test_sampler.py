@@ -125,19 +125,25 @@ def test_config_round_trip_and_errors(tmp_path):
         SamplerConfig(modality="xray")
 
 
-def test_recorded_positions_follow_the_scan_distortion():
-    """Isolated atoms scanned with a strong drift and some line jitter: each column shows in the
-    recorded image at ``position_recorded_px``, not at its physical ``position_px``."""
+def _isolated_atoms(pixel_A: float, dose: float, **stem_overrides) -> SamplerConfig:
+    """25 isolated atoms on a 128² STEM frame, no other distortion than ``stem_overrides``."""
     base = SamplerConfig()
     specimen = dataclasses.replace(base.specimen, p_crystal=0.0, p_amorphous=0.0, p_points=1.0,
                                    p_support=0.0, n_points=(25, 25), p_defects=0.0)
     contrast = dataclasses.replace(base.contrast, invert_probability=0.0, power_probability=0.0)
-    stem = dataclasses.replace(
-        _quiet(base).stem, jitter_probability=1.0, jitter_kind_probabilities=(0.0, 0.0, 1.0),
-        jitter_sigma_A=(0.05, 0.05), drift_probability=1.0, drift_px_per_line=(0.04, 0.04))
-    config = dataclasses.replace(
+    stem = dataclasses.replace(_quiet(base).stem, **stem_overrides)
+    return dataclasses.replace(
         _quiet(base), size=(128, 128), material=None, specimen=specimen, contrast=contrast,
-        hr_pixel_size_A=(0.3, 0.3), hr_dose=DoseParams(dose_e_per_A2=(1e6, 1e6)), stem=stem)
+        hr_pixel_size_A=(pixel_A, pixel_A), hr_dose=DoseParams(dose_e_per_A2=(dose, dose)),
+        stem=stem)
+
+
+def test_recorded_positions_follow_the_scan_distortion():
+    """Isolated atoms scanned with a strong drift and some line jitter: each column shows in the
+    recorded image at ``position_recorded_px``, not at its physical ``position_px``."""
+    config = _isolated_atoms(0.3, 1e6, jitter_probability=1.0,
+                             jitter_kind_probabilities=(0.0, 0.0, 1.0), jitter_sigma_A=(0.05, 0.05),
+                             drift_probability=1.0, drift_px_per_line=(0.04, 0.04))
     image, _, labels = simulate_pair(config=config, rng=5)
     cols = labels["columns"]
     physical, recorded = cols["position_px"], cols["position_recorded_px"]
@@ -168,17 +174,9 @@ def test_recorded_positions_follow_the_detector_memory():
     from scipy.interpolate import RectBivariateSpline
     from scipy.spatial import cKDTree
 
-    base = SamplerConfig()
-    specimen = dataclasses.replace(base.specimen, p_crystal=0.0, p_amorphous=0.0, p_points=1.0,
-                                   p_support=0.0, n_points=(25, 25), p_defects=0.0)
-    contrast = dataclasses.replace(base.contrast, invert_probability=0.0, power_probability=0.0)
-    stem = dataclasses.replace(
-        _quiet(base).stem, counting_probability=0.0, fast_scan_probability=1.0,
-        fast_scan_alpha=(6.0, 6.0),
-        fast_scan_decay_px=(1.5, 1.5), fast_scan_phase_rad=(0.5 * np.pi, 0.5 * np.pi))
-    config = dataclasses.replace(
-        _quiet(base), size=(128, 128), material=None, specimen=specimen, contrast=contrast,
-        hr_pixel_size_A=(0.2, 0.2), hr_dose=DoseParams(dose_e_per_A2=(1e7, 1e7)), stem=stem)
+    config = _isolated_atoms(0.2, 1e7, counting_probability=0.0, fast_scan_probability=1.0,
+                             fast_scan_alpha=(6.0, 6.0), fast_scan_decay_px=(1.5, 1.5),
+                             fast_scan_phase_rad=(0.5 * np.pi, 0.5 * np.pi))
     image, _, labels = simulate_pair(config=config, rng=6)
     cols = labels["columns"]
     physical, recorded = cols["position_px"], cols["position_recorded_px"]
