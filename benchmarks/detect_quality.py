@@ -6,7 +6,7 @@ maxima, LoG and DoG (run by hand).
                                         [--quick]
 
 Test set: 256² HR-STEM frames at 200, 500, 1 000, 2 000, 5 000 and 10 000 e⁻/Å², ``--per-dose``
-images per dose, from fixed seeds, pixels of 0.08-0.16 Å (column spacings of about 9-45 px;
+images per dose, from fixed seeds, pixels of 0.08-0.16 Å (column spacings of about 6-45 px;
 ``--pixel-range 0.3,0.6`` gives the 2-9 px of coarse survey frames), cycling through eight
 scenes:
 
