@@ -215,7 +215,8 @@ def test_apply_fast_scan_trails_to_the_right_only_and_keeps_the_mean():
 ])
 def test_fast_scan_shift_is_where_the_recorded_column_peaks(response, sigma):
     """Columns at sub-pixel positions, trailed by the detector: the recorded peak (a parabola
-    through a 10× up-sampled profile) sits at position + fast_scan_shift_px."""
+    through the maximum of the cubic-spline profile on a 0.1 px grid) sits at position +
+    fast_scan_shift_px."""
     shift = stem.fast_scan_shift_px(response, sigma)
     x = np.arange(400, dtype=np.float64)
     for centre in (100.0, 200.3, 300.7):

@@ -379,8 +379,8 @@ def find_candidates(
             extra = d > 2.0 * sigma_px
             p2, prom2 = p2[extra], prom2[extra]
         pts = np.concatenate([p1, p2]) if len(p2) else p1
-        # rank by signal-to-noise ratio (a frame of whole counts at very low dose can have no
-        # measurable noise at the matched-filter scale: then the two scales rank alike)
+        # rank by signal-to-noise ratio (a noise-free or coarsely quantised float frame has an
+        # estimated noise of exactly 0: then the two scales rank alike)
         n1, n2 = float(np.median(ns1)), float(np.median(ns2))
         prominence = np.concatenate([prom1, prom2 * (n1 / n2 if n2 > 0 else 1.0)])
         cut = 5.0 * float(np.median(ns1)) if threshold is None else float(threshold)
