@@ -55,8 +55,11 @@ the distortion ceiling: the same test frames recorded without shot noise (10⁷ 
 seeds), scored for the network and for local maxima tuned on those very frames.
 
 Methods:
-- ``network``: ``find_atoms(method="network")`` candidates (max-pool + box NMS), no parameters;
+- ``network``: ``find_atoms(method="network")`` candidates (max-pool + box NMS), no parameters
+  but the frame's pixel size (a calibrated file's; it lets a blind coarse pass restart);
 - ``network+refine`` (``--refine``): the same after the joint Gaussian refinement;
+- ``network+spacing``: the network with the true column spacing given (``spacing_px``, held):
+  the difference to ``network`` is what the network's own scale estimate costs;
 - ``peaks``, ``log``, ``dog``: ``atoms.detect.find_candidates``, each with the threshold and the
   minimum distance (a factor × the true column spacing, which is also given to the detector as
   its scale: generous) tuned per dose for the best F1 on a SEPARATE set of seeds.
@@ -300,12 +303,13 @@ def speed(model, size: int, refine: bool):
         chans = _channels(image, restored, kind)
         decode = card.get("decode") or {}
         pos, _, info = detect_columns(net, chans, threshold=decode.get("threshold", 0.3),
-                                      iou_threshold=decode.get("iou_threshold", 0.3))
+                                      iou_threshold=decode.get("iou_threshold", 0.3),
+                                      pixel_size_A=pixel)
         t_detect = time.perf_counter() - t0
         t_full = float("nan")
         if refine:
             t0 = time.perf_counter()
-            find_atoms(image, method="network", model=model, restore=False)
+            find_atoms(image, pixel, method="network", model=model, restore=False)
             t_full = time.perf_counter() - t0
         rows.append((spacing_target, t_detect, t_full, len(pos), info.get("factor")))
     return rows
@@ -331,19 +335,26 @@ def run_set(args, model, doses, per_dose, tune_n, methods, multislice=False):
 
     counts = {(m, d): np.zeros(5) for m in methods for d in doses}
     times = {m: 0.0 for m in methods}
-    per_item = []  # (spacing px, the network's counts), for the F1 per spacing
+    per_item = []  # (spacing px, the network's counts, with the spacing given), per spacing
     for item in test:
         d = item["dose"]
         t = time.perf_counter()
-        table = find_atoms(item["image"], method="network", model=model, restore=False,
-                           refine=False)
+        table = find_atoms(item["image"], item["pixel_size_A"], method="network", model=model,
+                           restore=False, refine=False)
         times["network"] += time.perf_counter() - t
         c = score(table.positions_px, item)
         counts[("network", d)] += c
-        per_item.append((item["spacing"], c))
+        t = time.perf_counter()
+        table = find_atoms(item["image"], item["pixel_size_A"], method="network", model=model,
+                           restore=False, refine=False, spacing_px=item["spacing"])
+        times["network+spacing"] += time.perf_counter() - t
+        given = score(table.positions_px, item)
+        counts[("network+spacing", d)] += given
+        per_item.append((item["spacing"], c, given))
         if args.refine:
             t = time.perf_counter()
-            table = find_atoms(item["image"], method="network", model=model, restore=False)
+            table = find_atoms(item["image"], item["pixel_size_A"], method="network",
+                               model=model, restore=False)
             times["network+refine"] += time.perf_counter() - t
             counts[("network+refine", d)] += score(table.positions_px, item)
         for m in BASELINES:
@@ -380,13 +391,16 @@ def run_set(args, model, doses, per_dose, tune_n, methods, multislice=False):
 
 
 def print_by_spacing(per_item) -> None:
-    """The network's F1 per bin of column spacing (all doses pooled): is it scale-free?"""
-    spacing = np.array([s for s, _ in per_item])
-    print("network F1 per column spacing (px; all doses pooled):")
+    """The network's F1 per bin of column spacing (all doses pooled): is it scale-free? With
+    the spacing given too: is a shortfall the confidence map's or the scale estimate's?"""
+    spacing = np.array([s for s, _, _ in per_item])
+    print("network F1 per column spacing (px; all doses pooled), own scale / spacing given:")
     for lo, hi in itertools.pairwise(SPACING_BINS_PX):
-        inside = [c for s, c in per_item if lo <= s < hi]
+        inside = [(c, g) for s, c, g in per_item if lo <= s < hi]
         if inside:
-            print(f"  {lo:4g}-{hi:<4g} px: F1 {f1_of(sum(inside)):.4f} ({len(inside)} images)")
+            own = f1_of(sum(c for c, _ in inside))
+            given = f1_of(sum(g for _, g in inside))
+            print(f"  {lo:4g}-{hi:<4g} px: F1 {own:.4f} / {given:.4f} ({len(inside)} images)")
     outside = np.sum((spacing < SPACING_BINS_PX[0]) | (spacing >= SPACING_BINS_PX[-1]))
     if outside:
         print(f"  ({outside} images outside {SPACING_BINS_PX[0]:g}-{SPACING_BINS_PX[-1]:g} px)")
@@ -409,8 +423,9 @@ def distortion_ceiling(args, model, test, doses, per_dose, multislice) -> None:
     print(f"{'dose e/Å²':>10} {'network':>15} {'peaks (oracle)':>15}")
     for d in doses:
         group = [it for it in shadow if it["dose"] == d]
-        net = sum((score(find_atoms(it["image"], method="network", model=model, restore=False,
-                                    refine=False).positions_px, it) for it in group),
+        net = sum((score(find_atoms(it["image"], it["pixel_size_A"], method="network",
+                                    model=model, restore=False, refine=False).positions_px, it)
+                   for it in group),
                   np.zeros(5))
         best = max(f1_of(sum((score(baseline(it, "peaks", t, k), it) for it in group),
                              np.zeros(5)))
@@ -466,7 +481,8 @@ def main() -> None:
     sets = [k.strip() for k in args.sets.split(",") if k.strip()]
     if set(sets) - {"linear", "multislice"}:
         parser.error(f"unknown set(s) {sorted(set(sets) - {'linear', 'multislice'})}")
-    methods = ["network", *(["network+refine"] if args.refine else []), *BASELINES]
+    methods = ["network", *(["network+refine"] if args.refine else []), "network+spacing",
+               *BASELINES]
     results = {}
     for kind in sets:
         print(f"\n== {kind} set")

@@ -75,6 +75,10 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="detection threshold (network confidence 0-1, or peak height)")
     atoms.add_argument("--min-separation", type=float, default=None,
                        help="minimum distance between two columns, px")
+    atoms.add_argument("--spacing", type=float, default=None,
+                       help="known column spacing (nearest-neighbour distance), px: the network "
+                            "uses it instead of its own estimate (coarse survey frames, where "
+                            "that estimate is weakest)")
     atoms.set_defaults(handler=_run_atoms)
 
     from .evaluate.report import add_benchmark_parser
@@ -153,7 +157,7 @@ def _run_atoms(args: argparse.Namespace) -> None:
 
     atoms_command(args.image, pixel_size_A=args.pixel_size, output=args.output, plot=args.plot,
                   method=args.method, restore=not args.no_restore, threshold=args.threshold,
-                  min_separation_px=args.min_separation)
+                  min_separation_px=args.min_separation, spacing_px=args.spacing)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,17 @@ def test_atoms_command_writes_table_and_plot(lattice_file, tmp_path, capsys):
     assert "poisson" in text and f"{len(truth)} converged" in text
 
 
+def test_spacing_option(lattice_file, tmp_path, capsys):
+    path, truth = lattice_file
+    out = tmp_path / "a.csv"
+    assert main(["atoms", str(path), "--spacing", "14.2", "-o", str(out)]) == 0
+    assert len(list(csv.DictReader(open(out)))) == len(truth)
+    bad = tmp_path / "b.csv"
+    assert main(["atoms", str(path), "--spacing", "-3", "-o", str(bad)]) == 2
+    assert not bad.exists()
+    assert "spacing_px" in capsys.readouterr().err
+
+
 def test_pixel_size_option_overrides_file(lattice_file, tmp_path):
     path, _ = lattice_file
     out = tmp_path / "a.csv"

@@ -167,18 +167,20 @@ def test_resampling_maps_pixel_centres_exactly():
                        atol=0.05)
 
 
-@pytest.mark.parametrize("spacing, hint", [(20.0, 20.0), (20.0, 40.0), (5.0, None)])
-def test_detection_handles_the_scale(spacing, hint):
-    """Columns 5 or 20 px apart are found where they are; a spacing hint 2x off is corrected
+@pytest.mark.parametrize("spacing, start", [(20.0, None), (20.0, 40.0), (5.0, None)])
+def test_detection_handles_the_scale(spacing, start, monkeypatch):
+    """Columns 5 or 20 px apart are found where they are; a first estimate 2x off is corrected
     by the spacing head (a second pass)."""
     rng = np.random.default_rng(4)
     shape = (160, 160)
     truth = lattice(shape, spacing, rng, jitter=0.1 * spacing)
     image = 100.0 * gaussians(shape, truth, 0.15 * spacing) + 5.0
     net = PerfectNet(spacing, image)
-    pos, _score, info = detect_columns(net, image, spacing_px=hint, threshold=0.5,
-                                       spacing_from="head")
-    assert info["passes"] == (2 if hint == 40.0 else 1)
+    if start is not None:  # a first estimate 2x off, as the autocorrelation may give
+        monkeypatch.setattr("emrestore.nn.atomnet._initial_spacing", lambda work: start)
+    pos, _score, info = detect_columns(net, image, threshold=0.5, spacing_from="head",
+                                       initial="head" if start is None else "autocorrelation")
+    assert info["passes"] == (2 if start == 40.0 else 1)
     assert info["spacing_px"] == pytest.approx(spacing, rel=0.02)
     _tp, fp, fn = detection_counts(pos, truth, 0.25 * spacing, shape=shape,
                                   border_px=0.5 * spacing)
@@ -191,6 +193,69 @@ def test_detection_handles_the_scale(spacing, hint):
     pos2, _, _ = detect_columns(net, image, spacing_px=spacing, threshold=0.5, tile=32)
     assert len(pos2) == len(pos1) == len(pos)
     assert np.allclose(np.sort(pos2, axis=0), np.sort(pos1, axis=0), atol=1e-4)
+
+
+def test_a_known_spacing_is_held():
+    """A spacing the caller gives is used as it is: one pass at the canonical scale and NMS
+    boxes of that side, even where the spacing head sees another one."""
+    rng = np.random.default_rng(5)
+    shape = (160, 160)
+    truth = lattice(shape, 12.0, rng, jitter=1.0)
+    image = 100.0 * gaussians(shape, truth, 1.8) + 5.0
+    net = PerfectNet(24.0, image)  # a head that sees twice the spacing
+    pos, _, info = detect_columns(net, image, spacing_px=12.0, threshold=0.5)
+    assert info["passes"] == 1
+    assert info["spacing_px"] == pytest.approx(12.0, rel=0.02)
+    assert info["factor"] == pytest.approx(net.config.canonical_spacing_px / 12.0, rel=0.02)
+    _tp, fp, fn = detection_counts(pos, truth, 3.0, shape=shape, border_px=6.0)
+    assert fn == 0 and fp == 0
+    # the same head without the spacing: boxes of 24 px keep one column in four
+    pos, _, info = detect_columns(net, image, threshold=0.5, spacing_from="head")
+    assert info["spacing_px"] == pytest.approx(24.0, rel=0.05)
+    assert len(pos) < 0.5 * len(truth)
+
+
+class CoarseBlindNet(PerfectNet):
+    """PerfectNet with the failures a trained head shows on coarse frames: at the native scale
+    it reads a 4x too large spacing, and on a lattice shrunk below 3 px it sees the canonical
+    spacing (a false fixed point of the passes)."""
+
+    def forward(self, x):
+        logits, log_s = super().forward(x)
+        k = x.shape[-1] / self.shape[1]
+        if k == 1.0:
+            s = 4.0 * self.spacing
+        elif self.spacing * k < 3.0:
+            s = self.config.canonical_spacing_px
+        else:
+            return logits, log_s
+        return logits, torch.full_like(log_s, float(np.log(s / self.config.canonical_spacing_px)))
+
+
+def test_a_calibrated_frame_restarts_a_blind_coarse_pass():
+    """5 px columns at 0.3 Å per pixel (1.5 Å): the coarse pass says 20 px (6 Å), which sends
+    the passes to a false fixed point; with the pixel size the passes restart from 1 Å and
+    converge on the lattice."""
+    rng = np.random.default_rng(6)
+    shape = (160, 160)
+    truth = lattice(shape, 5.0, rng, jitter=0.3)
+    image = 100.0 * gaussians(shape, truth, 0.9) + 5.0
+    net = CoarseBlindNet(5.0, image)
+    _, _, blind = detect_columns(net, image, threshold=0.5, spacing_from="head")
+    assert blind["spacing_px"] == pytest.approx(20.0, rel=0.05)
+    assert "restarted_at_finest" not in blind
+    pos, _, info = detect_columns(net, image, threshold=0.5, spacing_from="head",
+                                  pixel_size_A=0.3)
+    assert info["restarted_at_finest"]
+    assert info["spacing_px"] == pytest.approx(5.0, rel=0.05)
+    _tp, fp, fn = detection_counts(pos, truth, 1.25, shape=shape, border_px=2.5)
+    assert fn == 0 and fp == 0
+    # a plausible coarse pass (here 1.5 Å at 0.3 Å per pixel) is kept
+    _, _, info = detect_columns(PerfectNet(5.0, image), image, threshold=0.5,
+                                spacing_from="head", pixel_size_A=0.3)
+    assert "restarted_at_finest" not in info
+    with pytest.raises(InputError, match="pixel size"):
+        detect_columns(net, image, pixel_size_A=-1.0)
 
 
 def test_detection_errors_are_clear():

@@ -94,6 +94,15 @@ def _load_atom_model(model, device) -> tuple[Any, dict[str, Any]]:
     return load_model(model, device=device, task="atoms")
 
 
+def _check_positive_px(name: str, value) -> None:
+    try:
+        ok = float(value) > 0 and np.isfinite(float(value))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InputError(f"{name} must be a positive number of pixels, got {value!r}")
+
+
 def _empty_table(pixel_size_A) -> ColumnTable:
     z = np.zeros(0)
     return ColumnTable(y_px=z, x_px=z.copy(), sigma_y_px=z.copy(), sigma_x_px=z.copy(),
@@ -143,7 +152,8 @@ def find_atoms(image, pixel_size: float | None = None, method: str = "auto",
     refine : run the joint Gaussian refinement (False: candidate positions only, NaN elsewhere).
     refine_on : "raw" (default, see the module docstring) or "restored".
     widths, noise : passed to :func:`refine_columns`.
-    spacing_px : known column spacing in pixels (network: skips its estimate).
+    spacing_px : known column spacing (nearest-neighbour distance) in pixels; the network holds
+        it instead of estimating its own, local maxima take it as their scale.
     device : torch device for the networks (default: CUDA when present, else the CPU).
 
     Returns
@@ -157,7 +167,8 @@ def find_atoms(image, pixel_size: float | None = None, method: str = "auto",
     ------
     InputError
         Not a 2-D finite image, pixel size ≤ 0, an unknown method/decode/refine_on, a threshold
-        outside 0-1, min_separation_px ≤ 0, or ``method="network"`` without a usable model.
+        outside 0-1, min_separation_px or spacing_px ≤ 0, or ``method="network"`` without a
+        usable model.
     """
     from ..image import Image
 
@@ -180,14 +191,9 @@ def find_atoms(image, pixel_size: float | None = None, method: str = "auto",
             ok = False
         if not ok:
             raise InputError(f"threshold is a fraction between 0 and 1, got {threshold!r}")
-    if min_separation_px is not None:
-        try:
-            ok = float(min_separation_px) > 0 and np.isfinite(float(min_separation_px))
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise InputError(f"min_separation_px must be a positive number of pixels, got "
-                             f"{min_separation_px!r}")
+    for name, value in (("min_separation_px", min_separation_px), ("spacing_px", spacing_px)):
+        if value is not None:
+            _check_positive_px(name, value)
     if min(img.shape) < 8:
         raise InputError(f"image of shape {img.shape} is too small to find atomic columns in")
     if device is None:
@@ -250,7 +256,7 @@ def find_atoms(image, pixel_size: float | None = None, method: str = "auto",
         cand, scores, dinfo = detect_columns(net, chans, spacing_px=spacing_px, threshold=t,
                                              min_separation_px=min_separation_px, decode=decode,
                                              iou_threshold=iou, device=device,
-                                             norm_params=params)
+                                             norm_params=params, pixel_size_A=pixel_size)
         detection.update({k: v for k, v in dinfo.items() if k != "confidence"})
         detection.update(method="network", model=str(card.get("name", model)), input=kind)
     else:
