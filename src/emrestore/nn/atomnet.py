@@ -25,16 +25,17 @@ the spacing is ``canonical_spacing_px`` (8 px by default):
    pass" over a central crop at the native scale (the head is trained on spacings of 3-48 px for
    this). On a calibrated frame, an estimate above 3 Å (``HEAD_SPACING_LIMIT_A``) means the head
    did not see the lattice (it reads the 2-6 px spacings of coarse frames as 12-18 px), and the
-   passes start from 1 Å instead. The autocorrelation (:func:`emrestore.atoms.detect.estimate_lattice_spacing`) is an
-   option, not the default: on simulated HR-STEM frames with scan-line noise it returned
-   2-5 px for true spacings of 11-23 px (the line-to-line noise correlates neighbouring pixels);
+   passes start from 1 Å instead. The autocorrelation
+   (:func:`emrestore.atoms.detect.estimate_lattice_spacing`) is an option, not the default: on
+   simulated HR-STEM frames with scan-line noise it returned 2-5 px for true spacings of
+   11-23 px (the line-to-line noise correlates neighbouring pixels);
 2. the image is resampled by ``f = canonical / s0`` (bilinear, antialiased when shrinking), the
    network runs on it and reports the spacing it sees, ``s1`` (by default the median
    nearest-neighbour distance of its confident maxima, the spacing head's value when fewer than
-   8 are confident; ``spacing_from``); if ``s1`` is off
-   the canonical value by more than ``rescale_tolerance`` (the autocorrelation found another
-   repeat, e.g. the dumbbell lattice instead of the dumbbell separation), the image is resampled
-   again with ``f ← f × canonical / s1`` (at most ``max_passes`` runs in total);
+   8 are confident; ``spacing_from``); if ``s1`` is off the canonical value by more than
+   ``rescale_tolerance`` (the first estimate found another repeat, e.g. the dumbbell lattice
+   instead of the dumbbell separation), the image is resampled again with
+   ``f ← f × canonical / s1`` (at most ``max_passes`` runs in total);
 3. the confidence map is decoded in the resampled frame and the positions mapped back exactly
    (``y = (y' + 0.5) · H / H' − 0.5``, the pixel-centre convention of ``F.interpolate``).
 
