@@ -258,6 +258,32 @@ def test_a_calibrated_frame_restarts_a_blind_coarse_pass():
         detect_columns(net, image, pixel_size_A=-1.0)
 
 
+def test_the_scale_is_searched_on_a_crop(monkeypatch):
+    """With a search crop smaller than the resampled frame, the passes run on the crop and the
+    full frame once at the scale found: the same columns as without the crop."""
+    rng = np.random.default_rng(7)
+    shape = (160, 160)
+    truth = lattice(shape, 10.0, rng, jitter=0.5)
+    image = 100.0 * gaussians(shape, truth, 1.5) + 5.0
+    net = PerfectNet(10.0, image)
+    monkeypatch.setattr("emrestore.nn.atomnet._initial_spacing", lambda work: 20.0)
+    runs = []
+    forward = net.forward
+    monkeypatch.setattr(net, "forward", lambda x: runs.append(tuple(x.shape[-2:])) or forward(x))
+    pos, _, info = detect_columns(net, image, threshold=0.5, initial="autocorrelation",
+                                  search_px=48)
+    assert info["searched_on_crop"] and info["passes"] == 2
+    assert info["spacing_px"] == pytest.approx(10.0, rel=0.05)
+    assert max(runs[:-1]) <= (64, 64) and runs[-1] == info["resampled_shape"]
+    full, _, info_full = detect_columns(net, image, threshold=0.5, initial="autocorrelation")
+    assert not info_full["searched_on_crop"]
+    assert len(pos) == len(full)
+    for found in (pos, full):  # the scales differ a little: so do the sub-pixel positions
+        _tp, fp, fn = detection_counts(found, truth, 2.5, shape=shape, border_px=5.0)
+        assert fn == 0 and fp == 0
+        assert np.median(np.linalg.norm(found[:, None] - truth[None], axis=2).min(axis=1)) < 1.0
+
+
 def test_detection_errors_are_clear():
     net = build_atomnet(TINY_NET)
     with pytest.raises(InputError, match="NaN"):
