@@ -277,6 +277,43 @@ def test_missing_column_removes_the_whole_column():
     assert len(out) == len(atoms) - removed
 
 
+def test_missing_column_of_a_mistilted_crystal_goes_whole():
+    """2° off the zone axis a column drifts sideways through the slab: it is removed along its
+    own direction, every atom of it, and no column is left at its recorded site."""
+    from emrestore.simulate.render import group_columns
+
+    cell = named_material("SrTiO3")
+    atoms, orient = orient_and_fill(np.random.default_rng(0), cell, (30.0, 30.0, 120.0),
+                                    zone_axis=(0, 0, 1), mistilt_deg=2.0)
+    direction = np.asarray(orient["column_direction"])
+
+    def line(p):  # where each atom's column line crosses z = 0
+        return p[:, :2] - np.outer(p[:, 2], direction[:2] / direction[2])
+
+    params = SpecimenParams(defect_fraction_max=0.0, p_missing_columns=1.0,
+                            missing_columns=(3, 3))
+    out, info = apply_defects(np.random.default_rng(7), atoms, params,
+                              column_direction=direction)
+    kept = {tuple(np.round(q, 6)) for q in out.positions}
+    removed = np.array([q for q in atoms.positions if tuple(np.round(q, 6)) not in kept])
+    lab = group_columns(line(removed), 0.5)
+    assert lab.max() + 1 == 3 and len(removed) == sum(c["n_atoms"] for c in info["missing_columns"])
+    for k in range(3):
+        centre = line(removed[lab == k]).mean(axis=0)
+        assert np.hypot(*(line(out.positions) - centre).T).min() > 1.0  # nothing of it is left
+    # a whole column of a 120 Å slab is dozens of atoms; a cylinder along z takes a few of them
+    _, along_z = apply_defects(np.random.default_rng(7), atoms, params)
+    n = [c["n_atoms"] for c in info["missing_columns"]]
+    assert min(n) >= 20 and max(c["n_atoms"] for c in along_z["missing_columns"]) < min(n)
+    # the recorded sites are where the removed columns project: no remaining column is there
+    lab_out = group_columns(line(out.positions), 0.25)
+    centres = np.array([out.positions[lab_out == k, :2].mean(axis=0)
+                        for k in np.unique(lab_out) if (lab_out == k).sum() >= 10])
+    for col in info["missing_columns"]:
+        y, x = col["yx_A"]
+        assert np.hypot(*(centres - [x, y]).T).min() > 1.0
+
+
 def test_point_defects_are_counted():
     atoms = _slab()
     params = SpecimenParams(p_missing_columns=0.0, displacement_std_scale=0.2)

@@ -1414,15 +1414,20 @@ def nanoparticle(rng: np.random.Generator, box_A: Sequence[float],
 
 
 def apply_defects(rng: np.random.Generator, atoms: Atoms, params: SpecimenParams = DEFAULT_PARAMS,
-                  *, species: Sequence[int] | None = None) -> tuple[Atoms, dict[str, Any]]:
+                  *, species: Sequence[int] | None = None,
+                  column_direction=None) -> tuple[Atoms, dict[str, Any]]:
     """Point defects (seed 001) plus missing columns.
 
     n_sel in [0, round(0.25 N)] atoms are selected; each is displaced (Gaussian, std =
     ``displacement_std_scale`` × covalent radius), removed (vacancy) or given another atomic
     number (another species of the specimen or a random Z) with ``defect_probs``. With
-    probability ``p_missing_columns`` whole projected columns are removed: all atoms whose
-    (x, y) lie within ``column_radius_A`` of a randomly chosen atom's (x, y); their (y, x)
-    positions are recorded.
+    probability ``p_missing_columns`` whole projected columns are removed: all atoms within
+    ``column_radius_A`` of the line through a randomly chosen atom along ``column_direction``
+    (x, y, z; the zone axis after the mistilt, ``orient_and_fill``'s info; default the beam, z).
+    A mistilted column drifts sideways through a thick slab (1° over 200 Å: 3.5 Å), so a
+    cylinder along z took 2 atoms of it (the median over a training library) and left the
+    column standing. The (y, x) where each removed column projected (the mean of its atoms) is
+    recorded.
     """
     p = params
     n = len(atoms)
@@ -1459,18 +1464,24 @@ def apply_defects(rng: np.random.Generator, atoms: Atoms, params: SpecimenParams
         "missing_columns": [],
     }
     if chance(rng, p.p_missing_columns) and keep.any():
+        # where each atom's column line crosses z = 0: one point per column, tilted or not
+        line_xy = pos[:, :2]
+        if column_direction is not None:
+            d = np.asarray(column_direction, float)
+            if d.shape == (3,) and abs(d[2]) > 0.5 * np.linalg.norm(d):
+                line_xy = pos[:, :2] - np.outer(pos[:, 2], d[:2] / d[2])
         n_col = integer(rng, p.missing_columns)
         for _ in range(n_col):
             alive = np.flatnonzero(keep)
             if not alive.size:
                 break
             seed_atom = alive[int(rng.integers(alive.size))]
-            xy = pos[seed_atom, :2].copy()
-            column = np.sum((pos[:, :2] - xy) ** 2, axis=1) <= p.column_radius_A**2
-            n_removed = int((column & keep).sum())
+            column = (np.sum((line_xy - line_xy[seed_atom]) ** 2, axis=1)
+                      <= p.column_radius_A**2) & keep
+            xy = pos[column, :2].mean(axis=0)
             keep &= ~column
             info["missing_columns"].append({"yx_A": [float(xy[1]), float(xy[0])],
-                                            "n_atoms": n_removed})
+                                            "n_atoms": int(column.sum())})
         info["column_radius_A"] = p.column_radius_A
     out = Atoms(numbers=numbers[keep], positions=pos[keep], cell=atoms.cell.copy(), pbc=False)
     return out, info
@@ -1608,7 +1619,8 @@ def build_specimen(rng: np.random.Generator | int | None, box_A: Sequence[float]
         if chance(rng, p.p_shape):
             atoms, info["shape"] = apply_shape(rng, atoms, (ly, lx, lz), p)
     if chance(rng, p.p_defects):
-        atoms, info["defects"] = apply_defects(rng, atoms, p)
+        atoms, info["defects"] = apply_defects(
+            rng, atoms, p, column_direction=info.get("orientation", {}).get("column_direction"))
 
     # keep every atom in the box: drop atoms displaced out of the (x, y) window, clip z
     pos = atoms.positions
