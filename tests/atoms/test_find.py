@@ -138,6 +138,28 @@ def test_network_path_and_its_overrides():
     assert d.min() >= 20.0 * 0.99
 
 
+def test_relative_threshold_from_the_card_or_the_caller():
+    """A column far weaker than the image's others (a vacancy the network half fills) goes
+    with the card's relative threshold; 0 keeps it; a value outside 0-1 is an error."""
+    image, truth = synthetic_lattice()
+    weak = truth[len(truth) // 2]
+    yy, xx = np.mgrid[0:image.shape[0], 0:image.shape[1]]
+    image = image - 45.0 * np.exp(-((yy - weak[0]) ** 2 + (xx - weak[1]) ** 2) / 8.0)
+    net = BrightIsColumn(14.0, image.shape[1])
+    card = {"decode": {"threshold": 0.05, "relative_threshold": 0.6}}
+    kept = find_atoms(image, method="network", model=(net, {"decode": {"threshold": 0.05}}),
+                      refine=False)
+    dropped = find_atoms(image, method="network", model=(net, card), refine=False)
+    off = find_atoms(image, method="network", model=(net, card), refine=False,
+                     relative_threshold=0.0)
+    assert len(kept) == len(off) == len(truth) and len(dropped) == len(truth) - 1
+    d = np.linalg.norm(dropped.positions_px - weak, axis=1)
+    assert d.min() > 7.0  # the weak column is the one that went
+    assert dropped.info["detection"]["relative_threshold"] == 0.6
+    with pytest.raises(InputError, match="relative_threshold"):
+        find_atoms(image, method="network", model=net, relative_threshold=1.5)
+
+
 def test_spacing_comes_from_the_detections_when_the_head_is_wrong():
     """A spacing head that says half the true spacing (as the trained one does on SrTiO3 [001])
     shrinks the NMS boxes; the detections' own nearest-neighbour distance puts it right."""

@@ -126,7 +126,8 @@ def find_atoms(image, pixel_size: float | None = None, method: str = "auto",
                min_separation_px: float | None = None, model="atoms-hr",
                restore_model="stem-hr", decode: str = "nms", refine: bool = True,
                refine_on: str = "raw", widths: str = "same", noise: str = "auto",
-               spacing_px: float | None = None, device: str | None = None) -> ColumnTable:
+               spacing_px: float | None = None, relative_threshold: float | None = None,
+               device: str | None = None) -> ColumnTable:
     """Find and quantify every atomic column of an image.
 
     Parameters
@@ -152,6 +153,8 @@ def find_atoms(image, pixel_size: float | None = None, method: str = "auto",
     refine : run the joint Gaussian refinement (False: candidate positions only, NaN elsewhere).
     refine_on : "raw" (default, see the module docstring) or "restored".
     widths, noise : passed to :func:`refine_columns`.
+    relative_threshold : network only: drop columns less confident than this fraction of the
+        median confidence of the image's columns (default the model card's; 0: off).
     spacing_px : known column spacing (nearest-neighbour distance) in pixels; the network holds
         it instead of estimating its own, local maxima take it as their scale.
     device : torch device for the networks (default: CUDA when present, else the CPU).
@@ -253,10 +256,14 @@ def find_atoms(image, pixel_size: float | None = None, method: str = "auto",
                 else None
         params = (card.get("normalisation") or {}).get("params")
         iou = float((card.get("decode") or {}).get("iou_threshold", 0.3))
+        rel = relative_threshold
+        if rel is None:
+            rel = float((card.get("decode") or {}).get("relative_threshold", 0.0))
         cand, scores, dinfo = detect_columns(net, chans, spacing_px=spacing_px, threshold=t,
                                              min_separation_px=min_separation_px, decode=decode,
                                              iou_threshold=iou, device=device,
-                                             norm_params=params, pixel_size_A=pixel_size)
+                                             norm_params=params, pixel_size_A=pixel_size,
+                                             relative_threshold=rel)
         detection.update({k: v for k, v in dinfo.items() if k != "confidence"})
         detection.update(method="network", model=str(card.get("name", model)), input=kind)
     else:

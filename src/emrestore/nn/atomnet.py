@@ -327,10 +327,13 @@ def _check_map(conf) -> np.ndarray:
     return c
 
 
-def _check_threshold(threshold) -> float:
-    t = float(threshold)
+def _check_threshold(threshold, name: str = "threshold") -> float:
+    try:
+        t = float(threshold)
+    except (TypeError, ValueError):
+        t = float("nan")
     if not 0.0 <= t < 1.0:
-        raise InputError(f"threshold is a confidence between 0 and 1, got {threshold!r}")
+        raise InputError(f"{name} is a confidence between 0 and 1, got {threshold!r}")
     return t
 
 
@@ -491,6 +494,18 @@ def _as_channels(image) -> np.ndarray:
     return arr
 
 
+def drop_weak_columns(positions, scores, relative_threshold: float
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The columns whose confidence is at least ``relative_threshold`` × the median confidence
+    of all of them (0-1)."""
+    _check_threshold(relative_threshold, "relative_threshold")
+    scores = np.asarray(scores, float)
+    if not len(scores):
+        return positions, scores
+    keep = scores >= float(relative_threshold) * float(np.median(scores))
+    return positions[keep], scores[keep]
+
+
 def _detected_spacing(conf: torch.Tensor, spacing_px: float, *, threshold: float = 0.5,
                       min_columns: int = 8) -> float | None:
     """Median nearest-neighbour distance (map px) of the confident maxima of ``conf``, found
@@ -559,7 +574,7 @@ def detect_columns(model: AtomNet, image, *, spacing_px: float | None = None,
                    max_passes: int = 3, rescale_tolerance: float = 1.1, tile: int = 1024,
                    device: str | torch.device | None = None, norm_params: dict | None = None,
                    return_maps: bool = False, spacing_from: str = "detections",
-                   pixel_size_A: float | None = None
+                   pixel_size_A: float | None = None, relative_threshold: float = 0.0
                    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Find column positions with an :class:`AtomNet` (the scale handling of the module docstring).
 
@@ -594,6 +609,10 @@ def detect_columns(model: AtomNet, image, *, spacing_px: float | None = None,
     device : torch device (default: the model's).
     norm_params : overrides of :data:`emrestore.nn.normalise.DEFAULT_PARAMS`.
     return_maps : also put the confidence map (resampled frame) into the info dict.
+    relative_threshold : also drop columns less confident than this fraction of the median
+        confidence of the image's columns (0: off). The network completes the lattice at a
+        vacancy with a confidence of 0.25-0.45 where the image's columns have 0.9 and more; an
+        absolute threshold that high would lose the columns of low-dose frames.
     pixel_size_A : Å per pixel, when known: a coarse-pass estimate above
         ``HEAD_SPACING_LIMIT_A`` restarts the passes from ``FINEST_SPACING_A``.
     spacing_from : "detections" (default): after each pass the spacing is the median
@@ -621,6 +640,7 @@ def detect_columns(model: AtomNet, image, *, spacing_px: float | None = None,
         raise InputError(f"initial must be 'head' or 'autocorrelation', got {initial!r}")
     if threshold is not None:
         _check_threshold(threshold)
+    _check_threshold(relative_threshold, "relative_threshold")
     if min_separation_px is not None and not float(min_separation_px) > 0:
         raise InputError(f"min_separation_px must be > 0, got {min_separation_px!r}")
     if spacing_px is not None and not (np.isfinite(spacing_px) and float(spacing_px) > 0):
@@ -718,6 +738,9 @@ def detect_columns(model: AtomNet, image, *, spacing_px: float | None = None,
             keep = _greedy_suppress(pos, score, r, lambda dy, dx: dy * dy + dx * dx < r * r)
             pos, score = pos[keep], score[keep]
     info["threshold"] = t
+    if relative_threshold:
+        pos, score = drop_weak_columns(pos, score, relative_threshold)
+        info["relative_threshold"] = float(relative_threshold)
     if return_maps:
         info["confidence"] = conf.cpu().numpy()
     pos = from_resampled(pos, (h, w), size) if len(pos) else np.zeros((0, 2))
