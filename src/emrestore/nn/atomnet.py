@@ -333,7 +333,7 @@ def _check_threshold(threshold, name: str = "threshold") -> float:
     except (TypeError, ValueError):
         t = float("nan")
     if not 0.0 <= t < 1.0:
-        raise InputError(f"{name} is a confidence between 0 and 1, got {threshold!r}")
+        raise InputError(f"{name} must lie between 0 and 1, got {threshold!r}")
     return t
 
 
