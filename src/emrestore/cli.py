@@ -79,6 +79,10 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="known column spacing (nearest-neighbour distance), px: the network "
                             "uses it instead of its own estimate (coarse survey frames, where "
                             "that estimate is weakest)")
+    atoms.add_argument("--relative-threshold", type=float, default=None,
+                       help="network: drop columns less confident than this fraction of the "
+                            "image's median column confidence (default the model card's, 0.5 "
+                            "for atoms-hr; 0 keeps weak sublattices)")
     atoms.set_defaults(handler=_run_atoms)
 
     from .evaluate.report import add_benchmark_parser
@@ -157,7 +161,8 @@ def _run_atoms(args: argparse.Namespace) -> None:
 
     atoms_command(args.image, pixel_size_A=args.pixel_size, output=args.output, plot=args.plot,
                   method=args.method, restore=not args.no_restore, threshold=args.threshold,
-                  min_separation_px=args.min_separation, spacing_px=args.spacing)
+                  min_separation_px=args.min_separation, spacing_px=args.spacing,
+                  relative_threshold=args.relative_threshold)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,17 @@ def test_spacing_option(lattice_file, tmp_path, capsys):
     assert "spacing_px" in capsys.readouterr().err
 
 
+def test_relative_threshold_option(lattice_file, tmp_path, capsys):
+    path, truth = lattice_file
+    out = tmp_path / "a.csv"
+    assert main(["atoms", str(path), "--relative-threshold", "0", "-o", str(out)]) == 0
+    assert len(list(csv.DictReader(open(out)))) == len(truth)
+    bad = tmp_path / "b.csv"
+    assert main(["atoms", str(path), "--relative-threshold", "1.5", "-o", str(bad)]) == 2
+    assert not bad.exists()
+    assert "relative_threshold" in capsys.readouterr().err
+
+
 def test_pixel_size_option_overrides_file(lattice_file, tmp_path):
     path, _ = lattice_file
     out = tmp_path / "a.csv"

@@ -155,6 +155,7 @@ def atoms_command(
     threshold: float | None = None,
     min_separation_px: float | None = None,
     spacing_px: float | None = None,
+    relative_threshold: float | None = None,
     widths: str = "same",
     verbose: bool = True,
 ) -> ColumnTable:
@@ -170,7 +171,7 @@ def atoms_command(
         CSV table to write (see :meth:`ColumnTable.to_csv` for the columns).
     plot : path, optional
         PNG overview to write.
-    method, restore, threshold, min_separation_px, spacing_px, widths :
+    method, restore, threshold, min_separation_px, spacing_px, relative_threshold, widths :
         Passed to :func:`emrestore.atoms.find.find_atoms` ("auto": the atom-finder network when
         one is shipped, else local maxima; ``restore``: detect on the stem-hr restoration when
         that model is shipped; the positions are refined on the raw counts).
@@ -205,7 +206,8 @@ def atoms_command(
 
     table = find_atoms(image, pixel_size=pixel, method=method, restore=restore,
                        threshold=threshold, min_separation_px=min_separation_px,
-                       spacing_px=spacing_px, widths=widths)
+                       spacing_px=spacing_px, relative_threshold=relative_threshold,
+                       widths=widths)
     if len(table) == 0:
         raise InputError(
             f"{src}: no atomic columns found (the image may be flat, or its columns dark on a "
