@@ -27,26 +27,20 @@ def test_atoms_command_writes_table_and_plot(lattice_file, tmp_path, capsys):
     assert "poisson" in text and f"{len(truth)} converged" in text
 
 
-def test_spacing_option(lattice_file, tmp_path, capsys):
+@pytest.mark.parametrize("option, good, bad, name", [
+    ("--spacing", "14.2", "-3", "spacing_px"),
+    ("--relative-threshold", "0", "1.5", "relative_threshold"),
+])
+def test_detection_options(lattice_file, tmp_path, capsys, option, good, bad, name):
+    """A good value finds every column; a bad one is an error naming it and writes nothing."""
     path, truth = lattice_file
     out = tmp_path / "a.csv"
-    assert main(["atoms", str(path), "--spacing", "14.2", "-o", str(out)]) == 0
+    assert main(["atoms", str(path), option, good, "-o", str(out)]) == 0
     assert len(list(csv.DictReader(open(out)))) == len(truth)
-    bad = tmp_path / "b.csv"
-    assert main(["atoms", str(path), "--spacing", "-3", "-o", str(bad)]) == 2
-    assert not bad.exists()
-    assert "spacing_px" in capsys.readouterr().err
-
-
-def test_relative_threshold_option(lattice_file, tmp_path, capsys):
-    path, truth = lattice_file
-    out = tmp_path / "a.csv"
-    assert main(["atoms", str(path), "--relative-threshold", "0", "-o", str(out)]) == 0
-    assert len(list(csv.DictReader(open(out)))) == len(truth)
-    bad = tmp_path / "b.csv"
-    assert main(["atoms", str(path), "--relative-threshold", "1.5", "-o", str(bad)]) == 2
-    assert not bad.exists()
-    assert "relative_threshold" in capsys.readouterr().err
+    wrong = tmp_path / "b.csv"
+    assert main(["atoms", str(path), option, bad, "-o", str(wrong)]) == 2
+    assert not wrong.exists()
+    assert name in capsys.readouterr().err
 
 
 def test_pixel_size_option_overrides_file(lattice_file, tmp_path):
