@@ -23,7 +23,7 @@ the spacing is ``canonical_spacing_px`` (8 px by default):
 1. a first spacing estimate ``s0`` in the image's own pixels: the caller's, when given (it is
    then held, and step 2 runs once without correcting it), else the spacing head on a "coarse
    pass" over a central crop at the native scale (the head is trained on spacings of 3-48 px for
-   this). On a calibrated frame, an estimate above 3 Å (``HEAD_SPACING_LIMIT_A``) means the head
+   this). On a calibrated frame, an estimate above 2.5 Å (``HEAD_SPACING_LIMIT_A``) means the head
    did not see the lattice (it reads the 2-6 px spacings of coarse frames as 12-18 px), and the
    passes start from 1 Å instead. The autocorrelation
    (:func:`emrestore.atoms.detect.estimate_lattice_spacing`) is an option, not the default: on
@@ -83,12 +83,15 @@ __all__ = [
 # as Si [110], 1.36 Å, and the closest pairs of oxides) and 4 Å (SrTiO3 [001] with its Ti-O
 # columns hidden: 3.9 Å). A coarse-pass head estimate above the limit, on a calibrated frame, is
 # taken as the head not seeing the lattice, and the passes start from the finest spacing
-# instead. Chosen on detect_quality's coarse test frames (0.3-0.6 Å pixels, seed 2025) and its
-# fine tuning frames: of the limits 3, 3.5, 4 and 5 Å and the starts 0.8, 1, 1.5 and 3 Å, 3 and
-# 1 Å gave the best coarse F1 (0.543 -> 0.679 mean over the doses) and left the fine frames
-# unchanged; always starting from 1 Å gave 0.695 on the coarse frames but cost 0.024 on the fine
-# test frames. On separate coarse frames (seed 7, 48) the rule gives 0.543 -> 0.614.
-HEAD_SPACING_LIMIT_A = 3.0
+# instead (where the head was right they converge back to it). First chosen on
+# detect_quality's coarse test frames (0.3-0.6 Å pixels, seed 2025) and its fine tuning frames:
+# of the limits 3, 3.5, 4 and 5 Å and the starts 0.8, 1, 1.5 and 3 Å, 3 and 1 Å gave the best
+# coarse F1 (0.543 -> 0.679 mean over the doses) and left the fine frames unchanged; always
+# starting from 1 Å gave 0.695 on the coarse frames but cost 0.024 on the fine test frames.
+# Then on the tuning seeds alone (48 coarse, 71 fine, 48 multislice frames), limits of 2, 2.5
+# and 3 Å gave mean F1 0.619 / 0.625 / 0.612 (coarse), 0.656 / 0.655 / 0.654 (fine) and 0.780
+# for all three (multislice); 2.5 Å restarts 36 of the coarse and 2 of the fine frames.
+HEAD_SPACING_LIMIT_A = 2.5
 FINEST_SPACING_A = 1.0
 
 
