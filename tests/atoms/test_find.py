@@ -156,8 +156,9 @@ def test_relative_threshold_from_the_card_or_the_caller():
     d = np.linalg.norm(dropped.positions_px - weak, axis=1)
     assert d.min() > 7.0  # the weak column is the one that went
     assert dropped.info["detection"]["relative_threshold"] == 0.6
-    with pytest.raises(InputError, match="relative_threshold"):
-        find_atoms(image, method="network", model=net, relative_threshold=1.5)
+    for method in ("network", "peaks"):  # an error whichever method would use it
+        with pytest.raises(InputError, match="relative_threshold"):
+            find_atoms(image, method=method, model=net, relative_threshold=1.5)
 
 
 def test_spacing_comes_from_the_detections_when_the_head_is_wrong():

@@ -170,8 +170,8 @@ def find_atoms(image, pixel_size: float | None = None, method: str = "auto",
     ------
     InputError
         Not a 2-D finite image, pixel size ≤ 0, an unknown method/decode/refine_on, a threshold
-        outside 0-1, min_separation_px or spacing_px ≤ 0, or ``method="network"`` without a
-        usable model.
+        or relative_threshold outside 0-1, min_separation_px or spacing_px ≤ 0, or
+        ``method="network"`` without a usable model.
     """
     from ..image import Image
 
@@ -187,13 +187,16 @@ def find_atoms(image, pixel_size: float | None = None, method: str = "auto",
         raise InputError(f"decode must be 'nms' or 'otsu', got {decode!r}")
     if refine_on not in ("raw", "restored"):
         raise InputError(f"refine_on must be 'raw' or 'restored', got {refine_on!r}")
-    if threshold is not None:
+    # checked whichever method runs: a bad value is an error, not silently unused
+    for name, value in (("threshold", threshold), ("relative_threshold", relative_threshold)):
+        if value is None:
+            continue
         try:
-            ok = 0.0 <= float(threshold) <= 1.0
+            ok = 0.0 <= float(value) <= 1.0
         except (TypeError, ValueError):
             ok = False
         if not ok:
-            raise InputError(f"threshold is a fraction between 0 and 1, got {threshold!r}")
+            raise InputError(f"{name} is a fraction between 0 and 1, got {value!r}")
     for name, value in (("min_separation_px", min_separation_px), ("spacing_px", spacing_px)):
         if value is not None:
             _check_positive_px(name, value)
